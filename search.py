@@ -1,0 +1,3 @@
+import sys
+from launch.cli import main
+raise SystemExit(main(["run", *sys.argv[1:]]))

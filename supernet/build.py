@@ -1,0 +1,121 @@
+"""Build a supernet: stream the model layer by layer, prune every unit at every level, store it."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from search.space import Unit
+from supernet.accumulation import next_hidden
+from supernet.adapters import DecoderAdapter
+from supernet.capture import InputHessian, capture_inputs, run_attention, run_mlp
+from supernet.config import SupernetConfig
+from supernet.fingerprint import model_fingerprint, tokens_fingerprint
+from supernet.modules import PrunedAttention, PrunedMLP
+from supernet.store import SupernetStore
+from supernet.variants import attention_variants, cast_variants, mlp_variants
+
+
+def supernet_header(
+    model: nn.Module, tokens: torch.Tensor, cfg: SupernetConfig, *, model_name: str = "", calibration: dict | None = None
+) -> dict[str, Any]:
+    adapter = DecoderAdapter(model)
+    return {
+        "model": {
+            "name": model_name,
+            "architecture": adapter.model_type,
+            "fingerprint": model_fingerprint(model),
+            "shape": asdict(adapter.shape),
+        },
+        "calibration": {
+            "fingerprint": tokens_fingerprint(tokens),
+            "samples": int(tokens.shape[0]),
+            "seqlen": int(tokens.shape[1]),
+            **(calibration or {}),
+        },
+        "config": cfg.identity(),
+    }
+
+
+@torch.no_grad()
+def build_supernet(
+    model: nn.Module,
+    tokens: torch.Tensor,
+    out: str,
+    cfg: SupernetConfig,
+    *,
+    model_name: str = "",
+    calibration: dict | None = None,
+    progress: bool = True,
+    record_inputs: list | None = None,
+) -> SupernetStore:
+    """Build (or resume) the supernet of ``model`` on calibration ``tokens`` (N x T) into ``out``.
+
+    Memory holds one layer's calibration activations and Hessians at a time. A unit already in the
+    store is not pruned again: its stored variants are replayed to carry the activations forward.
+    ``record_inputs``, when given, receives every layer's input hidden states (for inspection).
+    """
+    adapter = DecoderAdapter(model)
+    store = SupernetStore.create_or_resume(
+        out, supernet_header(model, tokens, cfg, model_name=model_name, calibration=calibration)
+    )
+    started = time.perf_counter()
+    store_dtype = getattr(torch, cfg.store_dtype)
+    inputs = capture_inputs(adapter, tokens, cfg.batch_size)
+    hidden = inputs.hidden
+    kv_heads = adapter.shape.num_kv_heads
+    bar = tqdm(range(adapter.shape.num_layers), desc="supernet", unit="layer", disable=not progress)
+    for i in bar:
+        layer = adapter.layers[i]
+        kw = [inputs.kwargs(i, h) for h in hidden]
+        if record_inputs is not None:
+            record_inputs.append([h.clone() for h in hidden])
+
+        # attention block
+        attn, unit = layer.self_attn, Unit(i, "attn")
+        rotary = adapter.rotary_fn(attn)
+        todo = not store.has_unit(unit)
+        with InputHessian(attn.o_proj) if todo else contextlib.nullcontext() as hess:
+            dense_out = [run_attention(layer, attn, h, k) for h, k in zip(hidden, kw)]
+        if todo:
+            variants = attention_variants(attn, hess.H, kv_heads, cfg.attn_ladder, cfg)
+            store.write_unit(unit, cast_variants(variants, store_dtype))
+        variants = store.read_variants(unit)
+        h_in = hidden
+        hidden = next_hidden(
+            h_in,
+            dense_out,
+            variants,
+            lambda v: PrunedAttention(v.tensors, attn, rotary),
+            lambda m, b: run_attention(layer, m, h_in[b], kw[b]),
+            accumulate=cfg.error_accumulation,
+        )
+
+        # MLP block
+        mlp, unit = layer.mlp, Unit(i, "mlp")
+        todo = not store.has_unit(unit)
+        with InputHessian(mlp.down_proj) if todo else contextlib.nullcontext() as hess:
+            dense_out = [run_mlp(layer, mlp, h) for h in hidden]
+        if todo:
+            variants = mlp_variants(mlp, hess.H, cfg.mlp_ladder, cfg)
+            store.write_unit(unit, cast_variants(variants, store_dtype))
+        variants = store.read_variants(unit)
+        h_mid = hidden
+        hidden = next_hidden(
+            h_mid,
+            dense_out,
+            variants,
+            lambda v: PrunedMLP(v.tensors, mlp),
+            lambda m, b: run_mlp(layer, m, h_mid[b]),
+            accumulate=cfg.error_accumulation,
+        )
+        bar.set_postfix(stored=f"{store.size_bytes / 2**20:.0f}MiB")
+    if not store.manifest.get("complete"):
+        store.finish(build_seconds=round(time.perf_counter() - started, 2))
+    return store

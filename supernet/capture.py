@@ -1,0 +1,105 @@
+"""Calibration capture, one decoder layer at a time.
+
+:func:`capture_inputs` runs the embedding only (the forward is stopped at layer 0) and records,
+for every calibration batch, the hidden states entering layer 0, plus per layer the keyword
+arguments the model passes to it (attention mask, rotary position embeddings). Blocks of a layer
+are then run directly (:func:`run_attention`, :func:`run_mlp`), and :class:`InputHessian`
+accumulates ``X^T X`` of a linear layer's input while they run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from supernet.adapters import DecoderAdapter
+
+Tensor = torch.Tensor
+_KEEP = ("attention_mask", "position_embeddings", "position_ids")
+
+
+class _Stop(Exception):
+    pass
+
+
+@dataclass
+class LayerInputs:
+    """Hidden states entering a layer (one tensor per batch) and the per-layer call kwargs."""
+
+    hidden: list[Tensor]
+    layer_kwargs: list[dict[str, Any]]
+
+    def kwargs(self, layer: int, batch: Tensor) -> dict[str, Any]:
+        kw = dict(self.layer_kwargs[layer])
+        mask = kw.get("attention_mask")
+        if isinstance(mask, Tensor) and mask.shape[0] > batch.shape[0]:
+            kw["attention_mask"] = mask[: batch.shape[0]]
+        return kw
+
+
+@torch.no_grad()
+def capture_inputs(adapter: DecoderAdapter, tokens: Tensor, batch_size: int) -> LayerInputs:
+    """Layer-0 inputs for all calibration sequences and every layer's call kwargs."""
+    model, layers = adapter.model, adapter.layers
+    device = next(model.parameters()).device
+    hidden: list[Tensor] = []
+    layer_kwargs: list[dict[str, Any] | None] = [None] * len(layers)
+
+    def grab(i: int) -> Callable:
+        def hook(_mod, args, kwargs):
+            if layer_kwargs[i] is None:
+                layer_kwargs[i] = {k: kwargs[k] for k in _KEEP if k in kwargs}
+            if i == 0:
+                hidden.append(args[0] if args else kwargs["hidden_states"])
+            if i == len(layers) - 1 or len(hidden) > 1:
+                raise _Stop
+
+        return hook
+
+    handles = [layer.register_forward_pre_hook(grab(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    try:
+        for start in range(0, tokens.shape[0], batch_size):
+            ids = tokens[start : start + batch_size].to(device)
+            try:
+                model(input_ids=ids, use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+    return LayerInputs(hidden, layer_kwargs)  # type: ignore[arg-type]
+
+
+class InputHessian:
+    """Context manager summing ``X^T X`` (float32) over the inputs of ``linear`` while active."""
+
+    def __init__(self, linear: nn.Linear):
+        self.linear = linear
+        n = linear.in_features
+        self.H = torch.zeros(n, n, dtype=torch.float32, device=linear.weight.device)
+        self.tokens = 0
+
+    def _hook(self, _mod, args):
+        x = args[0].detach().reshape(-1, self.H.shape[0]).to(torch.float32)
+        self.H.addmm_(x.T, x)
+        self.tokens += x.shape[0]
+
+    def __enter__(self) -> "InputHessian":
+        self._handle = self.linear.register_forward_pre_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+
+
+def run_attention(layer: nn.Module, attn: nn.Module, hidden: Tensor, kwargs: dict[str, Any]) -> Tensor:
+    """Output of an attention block (without the residual) on a layer's input hidden states."""
+    return attn(hidden_states=layer.input_layernorm(hidden), **kwargs)[0]
+
+
+def run_mlp(layer: nn.Module, mlp: nn.Module, hidden: Tensor) -> Tensor:
+    """Output of an MLP block (without the residual) on the hidden states after attention."""
+    return mlp(layer.post_attention_layernorm(hidden))

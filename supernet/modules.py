@@ -1,0 +1,150 @@
+"""Modules with real, smaller tensors for pruned blocks, and the decoder layer that hosts them.
+
+A variant is a dict of tensors as stored in the supernet (see :mod:`supernet.variants`):
+attention ``q_proj.weight [hq*hd, d]``, ``k_proj.weight``/``v_proj.weight [hk*hd, d]``,
+``o_proj.weight [d, hq*hd]`` (+ q/k/v biases), ``kv_index [hq]`` (kept kv position of each kept
+query head); MLP ``gate_proj.weight``/``up_proj.weight [c, d]``, ``down_proj.weight [d, c]``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Tensor = torch.Tensor
+
+
+def _linear(weight: Tensor, bias: Tensor | None, like: nn.Linear) -> nn.Linear:
+    out_f, in_f = weight.shape
+    lin = nn.Linear(in_f, out_f, bias=bias is not None, device="meta")
+    dtype, device = like.weight.dtype, like.weight.device
+    lin.weight = nn.Parameter(weight.to(device=device, dtype=dtype), requires_grad=False)
+    if bias is not None:
+        lin.bias = nn.Parameter(bias.to(device=device, dtype=dtype), requires_grad=False)
+    return lin
+
+
+class PrunedAttention(nn.Module):
+    """Grouped-query attention over a subset of query heads and KV groups.
+
+    Kept query heads may be unevenly spread over kept groups; ``kv_index`` maps each query head to
+    its key/value head. Rotary embedding and Qwen3's q/k norms are the source module's own.
+    """
+
+    def __init__(self, tensors: Mapping[str, Tensor], source: nn.Module, rotary_fn: Callable):
+        super().__init__()
+        self.head_dim = source.head_dim
+        self.scaling = source.scaling
+        self.layer_idx = getattr(source, "layer_idx", None)
+        self.q_proj = _linear(tensors["q_proj.weight"], tensors.get("q_proj.bias"), source.q_proj)
+        self.k_proj = _linear(tensors["k_proj.weight"], tensors.get("k_proj.bias"), source.k_proj)
+        self.v_proj = _linear(tensors["v_proj.weight"], tensors.get("v_proj.bias"), source.v_proj)
+        o_bias = source.o_proj.bias
+        self.o_proj = _linear(tensors["o_proj.weight"], None if o_bias is None else o_bias.detach(), source.o_proj)
+        self.q_norm = getattr(source, "q_norm", None)
+        self.k_norm = getattr(source, "k_norm", None)
+        self.register_buffer("kv_index", tensors["kv_index"].to(device=source.q_proj.weight.device, dtype=torch.long))
+        self._rotary = rotary_fn
+
+    @property
+    def num_heads(self) -> int:
+        return self.kv_index.numel()
+
+    def forward(
+        self,
+        hidden_states: Tensor,
+        position_embeddings: tuple[Tensor, Tensor],
+        attention_mask: Tensor | None = None,
+        past_key_values=None,
+        **kwargs,
+    ) -> tuple[Tensor, None]:
+        bsz, q_len, _ = hidden_states.shape
+        shape = (bsz, q_len, -1, self.head_dim)
+        q = self.q_proj(hidden_states).view(shape)
+        k = self.k_proj(hidden_states).view(shape)
+        v = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        cos, sin = position_embeddings
+        q, k = self._rotary(q, k, cos, sin)
+        if past_key_values is not None:
+            k, v = past_key_values.update(k, v, self.layer_idx)
+        k = k.index_select(1, self.kv_index)
+        v = v.index_select(1, self.kv_index)
+        if attention_mask is not None:
+            mask = attention_mask[:, :, :, : k.shape[-2]]
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=q_len > 1, scale=self.scaling)
+        out = out.transpose(1, 2).reshape(bsz, q_len, -1)
+        return self.o_proj(out), None
+
+
+class PrunedMLP(nn.Module):
+    """Gated MLP over a subset of intermediate channels."""
+
+    def __init__(self, tensors: Mapping[str, Tensor], source: nn.Module):
+        super().__init__()
+        self.gate_proj = _linear(tensors["gate_proj.weight"], tensors.get("gate_proj.bias"), source.gate_proj)
+        self.up_proj = _linear(tensors["up_proj.weight"], tensors.get("up_proj.bias"), source.up_proj)
+        d_bias = source.down_proj.bias
+        self.down_proj = _linear(
+            tensors["down_proj.weight"], None if d_bias is None else d_bias.detach(), source.down_proj
+        )
+        self.act_fn = source.act_fn
+
+    @property
+    def channels(self) -> int:
+        return self.gate_proj.out_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class StitchedLayer(nn.Module):
+    """A decoder layer whose attention and MLP slots hold dense, pruned or no (``None``) blocks.
+
+    Same call signature and arithmetic as the Llama-family decoder layer; a removed block is
+    skipped entirely (no norm, no matmul, no residual add).
+    """
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.input_layernorm = layer.input_layernorm
+        self.post_attention_layernorm = layer.post_attention_layernorm
+        self.self_attn: nn.Module | None = layer.self_attn
+        self.mlp: nn.Module | None = layer.mlp
+        # the original blocks, outside the module tree (not in state_dict), to restore level 0
+        self.__dict__["dense_blocks"] = {"attn": layer.self_attn, "mlp": layer.mlp}
+        for name in ("attention_type", "layer_idx"):
+            if hasattr(layer, name):
+                setattr(self, name, getattr(layer, name))
+
+    def forward(
+        self,
+        hidden_states: Tensor,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        past_key_values=None,
+        use_cache: bool | None = False,
+        position_embeddings: tuple[Tensor, Tensor] | None = None,
+        **kwargs,
+    ) -> Tensor:
+        if self.self_attn is not None:
+            attn_out, _ = self.self_attn(
+                hidden_states=self.input_layernorm(hidden_states),
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                use_cache=use_cache,
+                position_embeddings=position_embeddings,
+                **kwargs,
+            )
+            hidden_states = hidden_states + attn_out
+        if self.mlp is not None:
+            hidden_states = hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+        return hidden_states

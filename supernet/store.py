@@ -1,0 +1,183 @@
+"""The on-disk supernet: a manifest plus one safetensors file per stored (unit, level).
+
+Layout::
+
+    DIR/manifest.json                  format, model and calibration fingerprints, config,
+                                       per unit its levels (sparsity, params, kept, file, sha256)
+    DIR/variants/L003.attn.lv02.safetensors   kept rows/columns and kept indices only
+
+The dense level and the removed level have no file. Every write is atomic (temp file + rename),
+and the manifest is rewritten after each finished unit, so a killed build resumes at the first
+unit not yet recorded. Files are checked against their SHA-256 when first read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from search.errors import SparsearchError
+from search.space import SearchSpace, Unit
+from supernet.variants import Variant
+
+FORMAT = "sparsearch-supernet/1"
+MANIFEST = "manifest.json"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode())
+
+
+class SupernetStore:
+    """A supernet directory: read by stitching and search, written by the builder."""
+
+    def __init__(self, path: str | os.PathLike, manifest: dict[str, Any]):
+        self.path = Path(path)
+        self.manifest = manifest
+        self._verified: set[str] = set()
+
+    # -- opening ------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, model_fingerprint: str | None = None) -> "SupernetStore":
+        """Open a finished supernet; refuse a missing, unfinished or foreign one."""
+        manifest = cls._read_manifest(Path(path))
+        if manifest is None:
+            raise SparsearchError(f"no supernet at {path} (missing {MANIFEST})")
+        if not manifest.get("complete"):
+            raise SparsearchError(f"supernet at {path} is unfinished; rerun the build with the same --out to resume it")
+        store = cls(path, manifest)
+        if model_fingerprint is not None:
+            store.check_model(model_fingerprint)
+        return store
+
+    @classmethod
+    def create_or_resume(cls, path: str | os.PathLike, header: Mapping[str, Any]) -> "SupernetStore":
+        """Start a build at ``path``, or resume one whose header matches ``header`` exactly."""
+        path = Path(path)
+        manifest = cls._read_manifest(path)
+        if manifest is not None:
+            for key in ("model", "calibration", "config"):
+                if manifest.get(key) != header.get(key):
+                    raise SparsearchError(
+                        f"supernet at {path} was built with a different {key}; use another --out or delete it"
+                    )
+            return cls(path, manifest)
+        if path.exists() and any(path.iterdir()):
+            raise SparsearchError(f"{path} exists and is not a supernet; choose an empty or new --out")
+        manifest = {"format": FORMAT, **header, "units": {}, "complete": False}
+        store = cls(path, manifest)
+        store._save()
+        return store
+
+    @staticmethod
+    def _read_manifest(path: Path) -> dict[str, Any] | None:
+        f = path / MANIFEST
+        if not f.is_file():
+            return None
+        try:
+            manifest = json.loads(f.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise SparsearchError(f"corrupt supernet manifest {f}: {e}") from None
+        if manifest.get("format") != FORMAT:
+            raise SparsearchError(f"{f} is not a {FORMAT} manifest (format {manifest.get('format')!r})")
+        return manifest
+
+    def check_model(self, fingerprint: str) -> None:
+        if self.manifest["model"]["fingerprint"] != fingerprint:
+            raise SparsearchError(
+                f"supernet at {self.path} was built for another model "
+                f"({self.manifest['model'].get('name')}, fingerprint {self.manifest['model']['fingerprint'][:12]}), "
+                f"not this one ({fingerprint[:12]})"
+            )
+
+    # -- writing ------------------------------------------------------------------------------
+    def has_unit(self, unit: Unit) -> bool:
+        return unit.name in self.manifest["units"]
+
+    def write_unit(self, unit: Unit, variants: list[Variant]) -> None:
+        levels = []
+        for i, v in enumerate(variants):
+            entry: dict[str, Any] = {"sparsity": v.sparsity, "params": v.params, "kept": v.kept, "file": None}
+            if v.tensors is not None:
+                data = st_save({k: t.detach().contiguous().cpu() for k, t in v.tensors.items()})
+                rel = f"variants/{unit.name}.lv{i:02d}.safetensors"
+                atomic_write(self.path / rel, data)
+                entry.update(file=rel, sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+            levels.append(entry)
+        self.manifest["units"][unit.name] = {"levels": levels}
+        self._save()
+
+    def finish(self, **extra: Any) -> None:
+        self.manifest.update(extra, complete=True)
+        self._save()
+
+    def _save(self) -> None:
+        atomic_write_json(self.path / MANIFEST, self.manifest)
+
+    # -- reading ------------------------------------------------------------------------------
+    def levels(self, unit: Unit) -> list[dict[str, Any]]:
+        try:
+            return self.manifest["units"][unit.name]["levels"]
+        except KeyError:
+            raise SparsearchError(f"supernet at {self.path} has no unit {unit.name}") from None
+
+    def read(self, unit: Unit, level: int) -> dict[str, torch.Tensor] | None:
+        """The stored tensors of ``unit`` at ``level`` (``None`` for dense and removed levels)."""
+        entry = self.levels(unit)[level]
+        if entry["file"] is None:
+            return None
+        f = self.path / entry["file"]
+        try:
+            data = f.read_bytes()
+        except FileNotFoundError:
+            raise SparsearchError(f"supernet file missing: {f}") from None
+        if entry["file"] not in self._verified:
+            if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+                raise SparsearchError(f"supernet file {f} fails its SHA-256 check (corrupt or modified)")
+            self._verified.add(entry["file"])
+        return st_load(data)
+
+    def read_variants(self, unit: Unit) -> list[Variant]:
+        return [
+            Variant(e["sparsity"], e["params"], dict(e["kept"]), self.read(unit, i))
+            for i, e in enumerate(self.levels(unit))
+        ]
+
+    def space(self) -> SearchSpace:
+        return SearchSpace.from_manifest(self.manifest)
+
+    def verify(self) -> None:
+        """Check every stored file against its SHA-256."""
+        for name in self.manifest["units"]:
+            unit = Unit.parse(name)
+            for i in range(len(self.levels(unit))):
+                self.read(unit, i)
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(
+            e.get("bytes", 0) for u in self.manifest["units"].values() for e in u["levels"]
+        )
