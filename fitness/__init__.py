@@ -1,0 +1,1 @@
+"""Fitness: calibration and evaluation data, metrics, and the evaluators that score genomes."""

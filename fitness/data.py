@@ -1,0 +1,131 @@
+"""Token sources: a text file, a ``datasets`` dataset, or text sampled from the dense model.
+
+All return an ``N x T`` tensor of token ids, reproducible for a given seed. Calibration and
+fitness tokens come from here; held-out perplexity text must be another source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from search.errors import SparsearchError
+
+SOURCES = ("self", "text", "dataset")
+_LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """Where calibration tokens come from and how many.
+
+    source: ``self`` (sampled from the dense model, no data needed), ``text`` (a file) or
+    ``dataset`` (a ``datasets`` spec ``NAME[:CONFIG[:SPLIT[:FIELD]]]``, split ``train`` and field
+    ``text`` by default; NAME may be a local .json/.jsonl/.csv/.parquet file). ``location`` is
+    the file or the spec.
+    """
+
+    source: str = "self"
+    location: str | None = None
+    samples: int = 128
+    seqlen: int = 512
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"calibration source must be one of {SOURCES}, got {self.source!r}")
+        if self.source != "self" and not self.location:
+            raise ValueError(f"calibration source {self.source!r} needs a location (file or dataset spec)")
+        if self.samples < 1 or self.seqlen < 2:
+            raise ValueError("calibration needs samples >= 1 and seqlen >= 2")
+
+    def describe(self) -> dict:
+        return {"source": self.source, "location": self.location, "seed": self.seed}
+
+
+def windows(ids: torch.Tensor, samples: int, seqlen: int, seed: int) -> torch.Tensor:
+    """``samples`` windows of ``seqlen`` tokens from a 1-D id stream: non-overlapping and in a
+    seeded random order when the stream is long enough, else at seeded random offsets."""
+    n = ids.numel()
+    if n < seqlen:
+        raise SparsearchError(f"the text has {n} tokens, fewer than one sequence of {seqlen}")
+    g = torch.Generator().manual_seed(seed)
+    slots = n // seqlen
+    if slots >= samples:
+        starts = torch.randperm(slots, generator=g)[:samples] * seqlen
+    else:
+        starts = torch.randint(0, n - seqlen + 1, (samples,), generator=g)
+    return torch.stack([ids[s : s + seqlen] for s in starts.tolist()])
+
+
+def tokenize_text(text: str, tokenizer) -> torch.Tensor:
+    """The whole text tokenized once, as a 1-D tensor (no special tokens)."""
+    enc = tokenizer(text, return_tensors="pt", add_special_tokens=False, return_attention_mask=False)
+    return enc["input_ids"][0]
+
+
+def read_text(path: str | Path) -> str:
+    p = Path(path)
+    if not p.is_file():
+        raise SparsearchError(f"text file not found: {p}")
+    return p.read_text(encoding="utf-8", errors="replace")
+
+
+def dataset_text(spec: str) -> str:
+    """Join the text field of a ``datasets`` dataset given as ``NAME[:CONFIG[:SPLIT[:FIELD]]]``."""
+    import datasets
+
+    parts = spec.split(":")
+    name = parts[0]
+    config = parts[1] if len(parts) > 1 and parts[1] else None
+    split = parts[2] if len(parts) > 2 and parts[2] else "train"
+    field = parts[3] if len(parts) > 3 and parts[3] else "text"
+    local = Path(name)
+    builder = _LOCAL_BUILDERS.get(local.suffix) if local.is_file() else None
+    try:
+        if builder:
+            ds = datasets.load_dataset(builder, data_files={split: str(local)}, split=split)
+        else:
+            ds = datasets.load_dataset(name, config, split=split)
+    except Exception as e:  # datasets raises many types for missing/unreachable data
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SparsearchError(f"could not load dataset {spec!r}: {first}") from None
+    if field not in ds.column_names:
+        raise SparsearchError(f"dataset {spec!r} has no field {field!r} (fields: {', '.join(ds.column_names)})")
+    return "\n\n".join(t for t in ds[field] if t)
+
+
+@torch.no_grad()
+def sample_from_model(model, tokenizer, samples: int, seqlen: int, seed: int, batch_size: int = 16) -> torch.Tensor:
+    """Self-generated calibration: each sequence starts at a random non-special token and is
+    continued by ancestral sampling (temperature 1) from the dense model with a KV cache."""
+    device = next(model.parameters()).device
+    g = torch.Generator(device=device).manual_seed(seed)
+    special = set(tokenizer.all_special_ids)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    allowed = torch.tensor([i for i in range(min(vocab, len(tokenizer))) if i not in special], device=device)
+    out = []
+    for start in range(0, samples, batch_size):
+        b = min(batch_size, samples - start)
+        seq = allowed[torch.randint(0, len(allowed), (b, 1), generator=g, device=device)]
+        past, step_in = None, seq
+        while seq.shape[1] < seqlen:
+            res = model(input_ids=step_in, past_key_values=past, use_cache=True)
+            past = res.past_key_values
+            logits = res.logits[:, -1, :].float()
+            if special:
+                logits[:, sorted(i for i in special if i < logits.shape[1])] = -float("inf")
+            step_in = torch.multinomial(torch.softmax(logits, -1), 1, generator=g)
+            seq = torch.cat([seq, step_in], 1)
+        out.append(seq.cpu())
+    return torch.cat(out)
+
+
+def calibration_tokens(cfg: CalibrationConfig, model, tokenizer, *, batch_size: int = 16) -> torch.Tensor:
+    """The ``samples x seqlen`` calibration tokens described by ``cfg``."""
+    if cfg.source == "self":
+        return sample_from_model(model, tokenizer, cfg.samples, cfg.seqlen, cfg.seed, batch_size)
+    text = read_text(cfg.location) if cfg.source == "text" else dataset_text(cfg.location)
+    return windows(tokenize_text(text, tokenizer), cfg.samples, cfg.seqlen, cfg.seed)

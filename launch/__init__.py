@@ -1,0 +1,1 @@
+"""Command line, typed run configuration, presets, cluster configs and reporting."""

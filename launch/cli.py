@@ -1,0 +1,296 @@
+"""The ``sparsearch`` command line. Every subcommand accepts ``--config PRESET.yaml`` (keys are
+flag names; flags given on the command line override them) and exits with status 2 and one
+``sparsearch: error: ...`` line on bad input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from search.errors import SparsearchError
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+# -- argument groups shared by subcommands ------------------------------------------------------
+def _model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("--model", default=None if required else DEFAULT_MODEL, required=required,
+                   help=f"alias ({DEFAULT_MODEL}), model folder, .gguf file or hub id (default: {DEFAULT_MODEL})")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights dtype (default: as stored)")
+    p.add_argument("--device", default="auto", help="torch device (default: cuda if available, else cpu)")
+
+
+def _calib_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("calibration")
+    src = g.add_mutually_exclusive_group()
+    src.add_argument("--calib-text", metavar="FILE", help="calibration text file")
+    src.add_argument("--calib-dataset", metavar="SPEC", help="datasets spec NAME[:CONFIG[:SPLIT[:FIELD]]]")
+    src.add_argument("--calib-self", action="store_true", help="sample calibration text from the dense model (default)")
+    g.add_argument("--calib-samples", type=int, default=128, metavar="N", help="sequences (default 128)")
+    g.add_argument("--calib-seqlen", type=int, default=512, metavar="T", help="tokens per sequence (default 512)")
+
+
+def _supernet_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("supernet")
+    g.add_argument("--attn-ladder", default="0.125", help="attention levels: a step or a comma list (default 0.125)")
+    g.add_argument("--mlp-ladder", default="0.125", help="MLP levels: a step or a comma list (default 0.125)")
+    g.add_argument("--mlp-alignment", type=int, default=32, help="kept MLP channels are multiples of this")
+    g.add_argument("--balanced-heads", action="store_true", help="same number of query heads in every kept KV group")
+    g.add_argument("--criterion", default="obs", choices=["obs", "magnitude"], help="unit pruning criterion")
+    g.add_argument("--no-refit", dest="refit", action="store_false", help="skip the least-squares refit")
+    g.add_argument("--damping", type=float, default=0.01, help="relative Hessian damping")
+    g.add_argument("--no-error-accumulation", dest="error_accumulation", action="store_false",
+                   help="prune every layer on dense activations")
+    g.add_argument("--store-dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    g.add_argument("--batch-size", type=int, default=8, help="calibration sequences per forward")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="PRESET.yaml", help="YAML file of flag values")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sparsearch", description="Search per-layer structured sparsity of decoder LLMs.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("supernet", help="build (or resume) a supernet of per-unit pruning variants")
+    _model_args(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="supernet directory")
+    _calib_args(p)
+    _supernet_args(p)
+    _common(p)
+
+    p = sub.add_parser("eval", help="held-out perplexity of a model (or of a uniform allocation); prints JSON")
+    _model_args(p, required=True)
+    p.add_argument("--data", required=True, metavar="FILE", help="held-out text file")
+    p.add_argument("--seqlen", type=int, default=512)
+    p.add_argument("--max-tokens", type=int, default=None, metavar="N", help="score only the first N tokens")
+    p.add_argument("--eval-batch-size", type=int, default=4)
+    p.add_argument("--supernet", metavar="DIR", help="stitch from this supernet before evaluating")
+    p.add_argument("--target-sparsity", type=float, help="with --supernet: the uniform allocation at this sparsity")
+    _common(p)
+
+    p = sub.add_parser("run", help="build or reuse the supernet, allocate the budget, write the run directory")
+    _model_args(p)
+    p.add_argument("--run-dir", default="runs/default", metavar="R")
+    p.add_argument("--supernet", metavar="DIR", help="supernet directory (default: R/supernet)")
+    p.add_argument("--target-sparsity", type=float, default=0.5, help="fraction of prunable parameters removed")
+    p.add_argument("--engine", default="uniform", choices=["uniform"], help="allocation engine")
+    p.add_argument("--fitness-samples", type=int, default=4, help="calibration sequences scored by KL")
+    _calib_args(p)
+    _supernet_args(p)
+    _common(p)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None):
+        preset = _read_preset(args.config)
+        sub = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+        known = {a.dest for a in sub._actions}
+        unknown = sorted(set(preset) - known)
+        if unknown:
+            raise SparsearchError(f"{args.config}: unknown keys {', '.join(unknown)} for '{args.command}'")
+        sub.set_defaults(**preset)
+        args = parser.parse_args(argv)
+    return args
+
+
+def _read_preset(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise SparsearchError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise SparsearchError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise SparsearchError(f"{p} must be a mapping of flag names to values")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+# -- helpers turning flags into typed configs ------------------------------------------------
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _supernet_config(args: argparse.Namespace):
+    from supernet.config import SupernetConfig
+
+    return SupernetConfig(
+        attn_ladder=args.attn_ladder,
+        mlp_ladder=args.mlp_ladder,
+        mlp_alignment=args.mlp_alignment,
+        balanced_heads=args.balanced_heads,
+        criterion=args.criterion,
+        refit=args.refit,
+        damping=args.damping,
+        error_accumulation=args.error_accumulation,
+        store_dtype=args.store_dtype,
+        batch_size=args.batch_size,
+    )
+
+
+def _calibration_config(args: argparse.Namespace):
+    from fitness.data import CalibrationConfig
+
+    if args.calib_text:
+        source, location = "text", args.calib_text
+    elif args.calib_dataset:
+        source, location = "dataset", args.calib_dataset
+    else:
+        source, location = "self", None
+    return CalibrationConfig(source, location, args.calib_samples, args.calib_seqlen, args.seed)
+
+
+def _load(args: argparse.Namespace):
+    from supernet.models import load_model
+
+    return load_model(args.model, dtype=args.dtype, device=_device(args.device))
+
+
+def _ensure_supernet(args: argparse.Namespace, model, tokenizer, out: Path):
+    """Open the supernet at ``out`` if it is finished, else build (or resume) it there."""
+    from fitness.data import calibration_tokens
+    from supernet.build import build_supernet
+    from supernet.store import SupernetStore
+
+    cfg, calib = _supernet_config(args), _calibration_config(args)
+    if (out / "manifest.json").is_file():
+        manifest = SupernetStore._read_manifest(out)
+        if manifest and manifest.get("complete"):
+            return SupernetStore.open(out), None
+    if not args.quiet:
+        print(f"calibration: {calib.samples} x {calib.seqlen} tokens from {calib.source}"
+              + (f" ({calib.location})" if calib.location else ""), file=sys.stderr)
+    tokens = calibration_tokens(calib, model, tokenizer, batch_size=max(1, cfg.batch_size))
+    store = build_supernet(model, tokens, str(out), cfg, model_name=args.model,
+                           calibration=calib.describe(), progress=not args.quiet)
+    return store, tokens
+
+
+def _describe(store) -> str:
+    units = store.manifest["units"]
+    levels = {len(u["levels"]) for u in units.values()}
+    secs = store.manifest.get("build_seconds")
+    return (f"supernet: {store.path} ({len(units)} units, {'/'.join(map(str, sorted(levels)))} levels each, "
+            f"{store.size_bytes / 2**20:.1f} MiB on disk" + (f", built in {secs:.0f} s)" if secs else ")"))
+
+
+# -- commands -----------------------------------------------------------------------------------
+def cmd_supernet(args: argparse.Namespace) -> int:
+    _supernet_config(args), _calibration_config(args)  # validate before loading anything
+    model, tokenizer = _load(args)
+    store, _ = _ensure_supernet(args, model, tokenizer, Path(args.out))
+    print(_describe(store))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from fitness.data import read_text, tokenize_text
+    from fitness.metrics import eval_windows, perplexity
+
+    if (args.supernet is None) != (args.target_sparsity is None):
+        raise SparsearchError("--supernet and --target-sparsity go together")
+    text = read_text(args.data)
+    model, tokenizer = _load(args)
+    result: dict[str, Any] = {"model": args.model, "data": args.data, "seqlen": args.seqlen}
+    if args.supernet:
+        from supernet.stitch import Stitcher
+        from supernet.store import SupernetStore
+
+        stitcher = Stitcher(model, SupernetStore.open(args.supernet))
+        genome = stitcher.space.uniform(args.target_sparsity)
+        stitcher.apply(genome)
+        result.update(genome=list(genome), sparsity=stitcher.space.sparsity(genome))
+    windows = eval_windows(tokenize_text(text, tokenizer), args.seqlen, args.max_tokens)
+    if windows.shape[0] == 0:
+        raise SparsearchError(f"{args.data} has fewer than {args.seqlen} tokens")
+    result.update(perplexity(model, windows, batch_size=args.eval_batch_size, progress=not args.quiet))
+    result["params"] = sum(p.numel() for p in model.parameters())
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import torch
+
+    from fitness.metrics import kl_per_token
+    from search.space import SearchSpace
+    from supernet.stitch import Stitcher
+
+    started = time.perf_counter()
+    _supernet_config(args), _calibration_config(args)
+    if not 0.0 < args.target_sparsity < 1.0:
+        raise SparsearchError(f"--target-sparsity must be within (0, 1), got {args.target_sparsity}")
+    run_dir = Path(args.run_dir)
+    model, tokenizer = _load(args)
+    store, tokens = _ensure_supernet(args, model, tokenizer, Path(args.supernet) if args.supernet else run_dir / "supernet")
+    if not args.quiet:
+        print(_describe(store), file=sys.stderr)
+    if tokens is None:
+        from fitness.data import calibration_tokens
+
+        tokens = calibration_tokens(_calibration_config(args), model, tokenizer)
+    space: SearchSpace = store.space()
+    fit_ids = tokens[-args.fitness_samples:].to(next(model.parameters()).device)
+    with torch.no_grad():
+        dense_logits = model(input_ids=fit_ids, use_cache=False).logits
+        stitcher = Stitcher(model, store)
+        genome = space.uniform(args.target_sparsity)
+        stitcher.apply(genome)
+        kl = kl_per_token(dense_logits, model(input_ids=fit_ids, use_cache=False).logits).mean().item()
+    summary = {
+        "model": args.model,
+        "engine": args.engine,
+        "target_sparsity": args.target_sparsity,
+        "best_genome": list(genome),
+        "sparsity": space.sparsity(genome),
+        "params": {"prunable_dense": space.dense_params, "prunable_kept": space.params(genome),
+                   "total": sum(p.numel() for p in model.parameters())},
+        "fitness": {"kl": kl, "tokens": int(fit_ids.numel())},
+        "evaluations": 1,
+        "per_layer": space.per_layer(genome),
+        "supernet": str(store.path),
+        "wall_time_s": round(time.perf_counter() - started, 2),
+    }
+    from supernet.store import atomic_write, atomic_write_json
+
+    atomic_write_json(run_dir / "summary.json", summary)
+    atomic_write(run_dir / "history.jsonl", (json.dumps({"evaluation": 1, "genome": list(genome), "kl": kl}) + "\n").encode())
+    print(f"{args.engine}: sparsity {summary['sparsity']:.3f}, KL {kl:.4f} nats/token -> {run_dir / 'summary.json'}")
+    return 0
+
+
+COMMANDS = {"supernet": cmd_supernet, "eval": cmd_eval, "run": cmd_run}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+        return COMMANDS[args.command](args)
+    except (SparsearchError, ValueError) as e:
+        print(f"sparsearch: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sparsearch: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
