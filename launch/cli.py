@@ -161,7 +161,19 @@ def _calibration_config(args: argparse.Namespace):
 def _load(args: argparse.Namespace):
     from supernet.models import load_model
 
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
     return load_model(args.model, dtype=args.dtype, device=_device(args.device))
+
+
+def _check_files(*paths: str | None) -> None:
+    """Fail on a missing input file before any model is loaded."""
+    for p in paths:
+        if p and not Path(p).is_file():
+            raise SparsearchError(f"text file not found: {p}")
 
 
 def _ensure_supernet(args: argparse.Namespace, model, tokenizer, out: Path):
@@ -195,6 +207,7 @@ def _describe(store) -> str:
 # -- commands -----------------------------------------------------------------------------------
 def cmd_supernet(args: argparse.Namespace) -> int:
     _supernet_config(args), _calibration_config(args)  # validate before loading anything
+    _check_files(args.calib_text)
     model, tokenizer = _load(args)
     store, _ = _ensure_supernet(args, model, tokenizer, Path(args.out))
     print(_describe(store))
@@ -204,15 +217,17 @@ def cmd_supernet(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from fitness.data import read_text, tokenize_text
     from fitness.metrics import eval_windows, perplexity
+    from supernet.store import SupernetStore
 
     if (args.supernet is None) != (args.target_sparsity is None):
         raise SparsearchError("--supernet and --target-sparsity go together")
     text = read_text(args.data)
+    if args.supernet:
+        SupernetStore.open(args.supernet)  # refuse a missing or unfinished supernet before loading
     model, tokenizer = _load(args)
     result: dict[str, Any] = {"model": args.model, "data": args.data, "seqlen": args.seqlen}
     if args.supernet:
         from supernet.stitch import Stitcher
-        from supernet.store import SupernetStore
 
         stitcher = Stitcher(model, SupernetStore.open(args.supernet))
         genome = stitcher.space.uniform(args.target_sparsity)
@@ -236,6 +251,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     _supernet_config(args), _calibration_config(args)
+    _check_files(args.calib_text)
     if not 0.0 < args.target_sparsity < 1.0:
         raise SparsearchError(f"--target-sparsity must be within (0, 1), got {args.target_sparsity}")
     run_dir = Path(args.run_dir)

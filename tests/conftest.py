@@ -43,3 +43,37 @@ def tiny_model(arch: str = "llama", *, layers: int = 2, seed: int = 0, **overrid
 def tokens():
     g = torch.Generator().manual_seed(0)
     return torch.randint(0, 128, (6, 24), generator=g)
+
+
+TEXT = (
+    "Structured pruning removes attention heads and MLP channels. "
+    "Layers differ, so the sparsity of each layer is searched under a global budget. "
+    "The quick brown fox jumps over the lazy dog. 0123456789 "
+) * 40
+
+
+def tiny_tokenizer(vocab_size: int = 300):
+    """A byte-level BPE tokenizer trained on a short text (no download)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator([TEXT], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """A saved tiny Llama with its tokenizer, and a text file for calibration/evaluation."""
+    root = tmp_path_factory.mktemp("tiny")
+    tok = tiny_tokenizer()
+    model = tiny_model("llama", vocab_size=len(tok), max_position_embeddings=128)
+    model.save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    (root / "text.txt").write_text(TEXT)
+    return root

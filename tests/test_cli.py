@@ -1,0 +1,114 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from launch.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_help_of_both_entry_points():
+    r = _run("search.py", "--help")
+    assert r.returncode == 0 and "--target-sparsity" in r.stdout and "--calib-text" in r.stdout
+    r = _run("-m", "launch.cli", "--help")
+    assert r.returncode == 0
+    for cmd in ("supernet", "eval", "run"):
+        assert cmd in r.stdout
+
+
+def _one_error_line(capsys, code):
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sparsearch: error: "), err
+    return err[0]
+
+
+def test_unknown_model_is_one_line_error(capsys, tmp_path):
+    code = main(["supernet", "--model", "no-such-model", "--out", str(tmp_path / "sn"), "--quiet"])
+    assert "unknown model 'no-such-model'" in _one_error_line(capsys, code)
+    assert not (tmp_path / "sn").exists()
+    code = main(["supernet", "--model", str(tmp_path), "--out", str(tmp_path / "sn"), "--quiet"])
+    assert "without config.json" in _one_error_line(capsys, code)
+
+
+def test_unsupported_architecture_from_folder(capsys, tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=300)).save_pretrained(tmp_path / "gpt2")
+    from conftest import tiny_tokenizer
+
+    tiny_tokenizer().save_pretrained(tmp_path / "gpt2")
+    capsys.readouterr()
+    code = main(["supernet", "--model", str(tmp_path / "gpt2"), "--out", str(tmp_path / "sn"), "--quiet",
+                 "--calib-samples", "2", "--calib-seqlen", "8"])
+    assert "unsupported architecture gpt2; supported: llama, mistral, qwen2, qwen3" in _one_error_line(capsys, code)
+    assert not (tmp_path / "sn").exists()
+
+
+def test_bad_values_are_one_line_errors(capsys, tmp_path, model_dir):
+    m = str(model_dir / "model")
+    capsys.readouterr()
+    code = main(["supernet", "--model", m, "--out", str(tmp_path / "a"), "--attn-ladder", "0.3", "--quiet"])
+    assert "ladder step" in _one_error_line(capsys, code)
+    code = main(["supernet", "--model", m, "--out", str(tmp_path / "a"), "--calib-text", str(tmp_path / "none.txt"), "--quiet"])
+    assert "text file not found" in _one_error_line(capsys, code)
+    preset = tmp_path / "p.yaml"
+    preset.write_text("calib_samples: 4\nno_such_flag: 1\n")
+    code = main(["supernet", "--config", str(preset), "--out", str(tmp_path / "a")])
+    assert "unknown keys no_such_flag" in _one_error_line(capsys, code)
+    assert not (tmp_path / "a").exists()
+
+
+def test_supernet_eval_and_run_on_tiny_model(capsys, tmp_path, model_dir):
+    m, text = str(model_dir / "model"), str(model_dir / "text.txt")
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(f"calib-text: {text}\ncalib-samples: 4\ncalib-seqlen: 32\nmlp-alignment: 8\nbatch-size: 2\n")
+    sn = tmp_path / "sn"
+    assert main(["supernet", "--config", str(preset), "--model", m, "--out", str(sn), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"supernet: {sn} (4 units, 9 levels each" in out and "MiB on disk" in out
+    manifest = json.loads((sn / "manifest.json").read_text())
+    assert manifest["calibration"]["samples"] == 4 and manifest["calibration"]["source"] == "text"
+
+    assert main(["eval", "--model", m, "--data", text, "--seqlen", "32", "--quiet"]) == 0
+    dense = json.loads(capsys.readouterr().out)
+    assert main(["eval", "--model", m, "--data", text, "--seqlen", "32", "--quiet",
+                 "--supernet", str(sn), "--target-sparsity", "0.5"]) == 0
+    half = json.loads(capsys.readouterr().out)
+    assert half["sparsity"] == pytest.approx(0.5, abs=0.1)
+    assert half["params"] < dense["params"]
+    assert half["tokens"] == dense["tokens"] and half["perplexity"] > 1.0
+
+    run = tmp_path / "run"
+    assert main(["run", "--config", str(preset), "--model", m, "--run-dir", str(run), "--supernet", str(sn),
+                 "--target-sparsity", "0.25", "--quiet"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    for key in ("best_genome", "per_layer", "params", "fitness", "evaluations", "wall_time_s"):
+        assert key in summary
+    assert summary["fitness"]["kl"] > 0 and len(summary["per_layer"]) == 2
+    assert (run / "history.jsonl").read_text().count("\n") == 1
+
+
+def test_mismatched_supernet_is_refused(capsys, tmp_path, model_dir):
+    from conftest import tiny_model, tiny_tokenizer
+
+    m, text = str(model_dir / "model"), str(model_dir / "text.txt")
+    sn = tmp_path / "sn"
+    assert main(["supernet", "--model", m, "--out", str(sn), "--calib-text", text, "--calib-samples", "2",
+                 "--calib-seqlen", "16", "--mlp-alignment", "8", "--quiet"]) == 0
+    capsys.readouterr()
+    other = tmp_path / "other"
+    tok = tiny_tokenizer()
+    tiny_model("llama", seed=5, vocab_size=len(tok), max_position_embeddings=128).save_pretrained(other)
+    tok.save_pretrained(other)
+    capsys.readouterr()
+    code = main(["eval", "--model", str(other), "--data", text, "--seqlen", "16", "--supernet", str(sn),
+                 "--target-sparsity", "0.5", "--quiet"])
+    assert "built for another model" in _one_error_line(capsys, code)

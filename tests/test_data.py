@@ -1,0 +1,89 @@
+import json
+
+import pytest
+import torch
+
+from conftest import TEXT, tiny_model, tiny_tokenizer
+from fitness.data import CalibrationConfig, calibration_tokens, sample_from_model, tokenize_text, windows
+from fitness.metrics import eval_windows, kl_per_token, perplexity
+from search.errors import SparsearchError
+
+
+def test_windows_are_seeded_and_non_overlapping_when_text_suffices():
+    ids = torch.arange(1000)
+    a = windows(ids, 10, 50, seed=3)
+    assert a.shape == (10, 50)
+    assert torch.equal(a, windows(ids, 10, 50, seed=3))
+    assert not torch.equal(a, windows(ids, 10, 50, seed=4))
+    starts = sorted(a[:, 0].tolist())
+    assert all(s % 50 == 0 for s in starts) and len(set(starts)) == 10
+    assert torch.equal(a[:, 1:] - a[:, :-1], torch.ones(10, 49, dtype=torch.long))
+
+
+def test_windows_too_short_text_is_an_error():
+    with pytest.raises(SparsearchError, match="fewer than one sequence"):
+        windows(torch.arange(10), 2, 50, seed=0)
+
+
+def test_text_file_source(tmp_path):
+    tok = tiny_tokenizer()
+    f = tmp_path / "t.txt"
+    f.write_text(TEXT)
+    cfg = CalibrationConfig("text", str(f), samples=4, seqlen=16, seed=1)
+    t = calibration_tokens(cfg, None, tok)
+    assert t.shape == (4, 16)
+    stream = tokenize_text(TEXT, tok)
+    for row in t:  # every window is a contiguous piece of the tokenized text
+        s = int((stream.unfold(0, 16, 1) == row).all(1).nonzero()[0])
+        assert torch.equal(stream[s : s + 16], row)
+
+
+def test_dataset_source_from_local_jsonl(tmp_path):
+    tok = tiny_tokenizer()
+    f = tmp_path / "d.jsonl"
+    f.write_text("\n".join(json.dumps({"body": line}) for line in TEXT.split(". ")))
+    cfg = CalibrationConfig("dataset", f"{f}::train:body", samples=3, seqlen=8)
+    assert calibration_tokens(cfg, None, tok).shape == (3, 8)
+    with pytest.raises(SparsearchError, match="no field 'text'"):
+        calibration_tokens(CalibrationConfig("dataset", str(f), samples=3, seqlen=8), None, tok)
+
+
+def test_self_generated_is_seeded_and_avoids_special_tokens():
+    tok = tiny_tokenizer()
+    model = tiny_model("llama", vocab_size=len(tok))
+    a = sample_from_model(model, tok, samples=3, seqlen=12, seed=7, batch_size=2)
+    assert a.shape == (3, 12)
+    assert torch.equal(a, sample_from_model(model, tok, samples=3, seqlen=12, seed=7, batch_size=2))
+    assert not torch.equal(a, sample_from_model(model, tok, samples=3, seqlen=12, seed=8, batch_size=2))
+    assert not set(a.flatten().tolist()) & set(tok.all_special_ids)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError):
+        CalibrationConfig("text")
+    with pytest.raises(ValueError):
+        CalibrationConfig("web", "x")
+    with pytest.raises(ValueError):
+        CalibrationConfig(samples=0)
+
+
+def test_perplexity_of_uniform_predictor_is_vocab_size():
+    class Uniform(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, input_ids, use_cache=False):
+            return type("O", (), {"logits": torch.zeros(*input_ids.shape, 50)})()
+
+    res = perplexity(Uniform(), eval_windows(torch.arange(100) % 50, 10), batch_size=3)
+    assert res["perplexity"] == pytest.approx(50.0)
+    assert res["tokens"] == 10 * 9
+
+
+def test_kl_is_zero_for_equal_and_positive_otherwise():
+    a = torch.randn(2, 5, 11)
+    assert kl_per_token(a, a).abs().max() < 1e-6
+    assert (kl_per_token(a, a + torch.randn(2, 5, 11)) > 0).all()
+    # shift invariance of logits
+    assert kl_per_token(a, a + 3.0).abs().max() < 1e-5
