@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from search.errors import SparsearchError
 
@@ -98,7 +99,9 @@ def dataset_text(spec: str) -> str:
 
 
 @torch.no_grad()
-def sample_from_model(model, tokenizer, samples: int, seqlen: int, seed: int, batch_size: int = 16) -> torch.Tensor:
+def sample_from_model(
+    model, tokenizer, samples: int, seqlen: int, seed: int, batch_size: int = 16, progress: bool = False
+) -> torch.Tensor:
     """Self-generated calibration: each sequence starts at a random non-special token and is
     continued by ancestral sampling (temperature 1) from the dense model with a KV cache."""
     device = next(model.parameters()).device
@@ -107,6 +110,7 @@ def sample_from_model(model, tokenizer, samples: int, seqlen: int, seed: int, ba
     vocab = model.get_output_embeddings().weight.shape[0]
     allowed = torch.tensor([i for i in range(min(vocab, len(tokenizer))) if i not in special], device=device)
     out = []
+    bar = tqdm(total=samples * seqlen, desc="sampling calibration", unit="tok", disable=not progress)
     for start in range(0, samples, batch_size):
         b = min(batch_size, samples - start)
         seq = allowed[torch.randint(0, len(allowed), (b, 1), generator=g, device=device)]
@@ -119,13 +123,18 @@ def sample_from_model(model, tokenizer, samples: int, seqlen: int, seed: int, ba
                 logits[:, sorted(i for i in special if i < logits.shape[1])] = -float("inf")
             step_in = torch.multinomial(torch.softmax(logits, -1), 1, generator=g)
             seq = torch.cat([seq, step_in], 1)
+            bar.update(b)
         out.append(seq.cpu())
+        bar.update(b)
+    bar.close()
     return torch.cat(out)
 
 
-def calibration_tokens(cfg: CalibrationConfig, model, tokenizer, *, batch_size: int = 16) -> torch.Tensor:
+def calibration_tokens(
+    cfg: CalibrationConfig, model, tokenizer, *, batch_size: int = 16, progress: bool = False
+) -> torch.Tensor:
     """The ``samples x seqlen`` calibration tokens described by ``cfg``."""
     if cfg.source == "self":
-        return sample_from_model(model, tokenizer, cfg.samples, cfg.seqlen, cfg.seed, batch_size)
+        return sample_from_model(model, tokenizer, cfg.samples, cfg.seqlen, cfg.seed, batch_size, progress)
     text = read_text(cfg.location) if cfg.source == "text" else dataset_text(cfg.location)
     return windows(tokenize_text(text, tokenizer), cfg.samples, cfg.seqlen, cfg.seed)

@@ -5,6 +5,7 @@ flag names; flags given on the command line override them) and exits with status
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -183,17 +184,14 @@ def _ensure_supernet(args: argparse.Namespace, model, tokenizer, out: Path):
     from supernet.store import SupernetStore
 
     cfg, calib = _supernet_config(args), _calibration_config(args)
-    if (out / "manifest.json").is_file():
-        manifest = SupernetStore._read_manifest(out)
-        if manifest and manifest.get("complete"):
-            return SupernetStore.open(out), None
+    if SupernetStore.is_complete(out):
+        return SupernetStore.open(out)
     if not args.quiet:
         print(f"calibration: {calib.samples} x {calib.seqlen} tokens from {calib.source}"
               + (f" ({calib.location})" if calib.location else ""), file=sys.stderr)
-    tokens = calibration_tokens(calib, model, tokenizer, batch_size=max(1, cfg.batch_size))
-    store = build_supernet(model, tokens, str(out), cfg, model_name=args.model,
-                           calibration=calib.describe(), progress=not args.quiet)
-    return store, tokens
+    tokens = calibration_tokens(calib, model, tokenizer, batch_size=cfg.batch_size, progress=not args.quiet)
+    return build_supernet(model, tokens, str(out), cfg, model_name=args.model,
+                          calibration=calib.describe(), progress=not args.quiet)
 
 
 def _describe(store) -> str:
@@ -209,7 +207,7 @@ def cmd_supernet(args: argparse.Namespace) -> int:
     _supernet_config(args), _calibration_config(args)  # validate before loading anything
     _check_files(args.calib_text)
     model, tokenizer = _load(args)
-    store, _ = _ensure_supernet(args, model, tokenizer, Path(args.out))
+    store = _ensure_supernet(args, model, tokenizer, Path(args.out))
     print(_describe(store))
     return 0
 
@@ -245,6 +243,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import torch
 
+    from fitness.data import calibration_tokens
     from fitness.metrics import kl_per_token
     from search.space import SearchSpace
     from supernet.stitch import Stitcher
@@ -256,15 +255,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise SparsearchError(f"--target-sparsity must be within (0, 1), got {args.target_sparsity}")
     run_dir = Path(args.run_dir)
     model, tokenizer = _load(args)
-    store, tokens = _ensure_supernet(args, model, tokenizer, Path(args.supernet) if args.supernet else run_dir / "supernet")
+    store = _ensure_supernet(args, model, tokenizer, Path(args.supernet) if args.supernet else run_dir / "supernet")
     if not args.quiet:
         print(_describe(store), file=sys.stderr)
-    if tokens is None:
-        from fitness.data import calibration_tokens
-
-        tokens = calibration_tokens(_calibration_config(args), model, tokenizer)
+    # fitness tokens: the calibration source again, with another seed (never held-out text)
+    calib = _calibration_config(args)
+    fit_cfg = dataclasses.replace(calib, samples=args.fitness_samples, seed=calib.seed + 1)
+    fit_ids = calibration_tokens(fit_cfg, model, tokenizer).to(next(model.parameters()).device)
     space: SearchSpace = store.space()
-    fit_ids = tokens[-args.fitness_samples:].to(next(model.parameters()).device)
     with torch.no_grad():
         dense_logits = model(input_ids=fit_ids, use_cache=False).logits
         stitcher = Stitcher(model, store)

@@ -74,6 +74,12 @@ class SupernetStore:
         return store
 
     @classmethod
+    def is_complete(cls, path: str | os.PathLike) -> bool:
+        """Whether ``path`` holds a finished supernet (a partial one may be resumed)."""
+        manifest = cls._read_manifest(Path(path))
+        return bool(manifest and manifest.get("complete"))
+
+    @classmethod
     def create_or_resume(cls, path: str | os.PathLike, header: Mapping[str, Any]) -> "SupernetStore":
         """Start a build at ``path``, or resume one whose header matches ``header`` exactly."""
         path = Path(path)

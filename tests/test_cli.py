@@ -112,3 +112,9 @@ def test_mismatched_supernet_is_refused(capsys, tmp_path, model_dir):
     code = main(["eval", "--model", str(other), "--data", text, "--seqlen", "16", "--supernet", str(sn),
                  "--target-sparsity", "0.5", "--quiet"])
     assert "built for another model" in _one_error_line(capsys, code)
+
+
+def test_unreachable_hub_id_is_one_line_error(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = main(["supernet", "--model", "no-such-org/no-such-model", "--out", str(tmp_path / "sn"), "--quiet"])
+    assert "could not load model 'no-such-org/no-such-model' from the hub" in _one_error_line(capsys, code)

