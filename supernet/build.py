@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -19,7 +19,7 @@ from supernet.config import SupernetConfig
 from supernet.fingerprint import model_fingerprint, tokens_fingerprint
 from supernet.modules import PrunedAttention, PrunedMLP
 from supernet.store import SupernetStore
-from supernet.variants import attention_variants, cast_variants, mlp_variants
+from supernet.variants import Variant, attention_variants, cast_variants, mlp_variants
 
 
 def supernet_header(
@@ -66,7 +66,6 @@ def build_supernet(
         out, supernet_header(model, tokens, cfg, model_name=model_name, calibration=calibration)
     )
     started = time.perf_counter()
-    store_dtype = getattr(torch, cfg.store_dtype)
     inputs = capture_inputs(adapter, tokens, cfg.batch_size)
     hidden = inputs.hidden
     kv_heads = adapter.shape.num_kv_heads
@@ -77,45 +76,56 @@ def build_supernet(
         if record_inputs is not None:
             record_inputs.append([h.clone() for h in hidden])
 
-        # attention block
-        attn, unit = layer.self_attn, Unit(i, "attn")
+        attn, mlp = layer.self_attn, layer.mlp
         rotary = adapter.rotary_fn(attn)
-        todo = not store.has_unit(unit)
-        with InputHessian(attn.o_proj) if todo else contextlib.nullcontext() as hess:
-            dense_out = [run_attention(layer, attn, h, k) for h, k in zip(hidden, kw)]
-        if todo:
-            variants = attention_variants(attn, hess.H, kv_heads, cfg.attn_ladder, cfg)
-            store.write_unit(unit, cast_variants(variants, store_dtype))
-        variants = store.read_variants(unit)
         h_in = hidden
-        hidden = next_hidden(
-            h_in,
-            dense_out,
-            variants,
-            lambda v: PrunedAttention(v.tensors, attn, rotary),
-            lambda m, b: run_attention(layer, m, h_in[b], kw[b]),
-            accumulate=cfg.error_accumulation,
+        hidden = _prune_unit(
+            store,
+            Unit(i, "attn"),
+            attn.o_proj,
+            run=lambda m, b: run_attention(layer, m, h_in[b], kw[b]),
+            dense=attn,
+            residual=h_in,
+            prune=lambda H: attention_variants(attn, H, kv_heads, cfg.attn_ladder, cfg),
+            make_module=lambda v: PrunedAttention(v.tensors, attn, rotary),
+            cfg=cfg,
         )
-
-        # MLP block
-        mlp, unit = layer.mlp, Unit(i, "mlp")
-        todo = not store.has_unit(unit)
-        with InputHessian(mlp.down_proj) if todo else contextlib.nullcontext() as hess:
-            dense_out = [run_mlp(layer, mlp, h) for h in hidden]
-        if todo:
-            variants = mlp_variants(mlp, hess.H, cfg.mlp_ladder, cfg)
-            store.write_unit(unit, cast_variants(variants, store_dtype))
-        variants = store.read_variants(unit)
         h_mid = hidden
-        hidden = next_hidden(
-            h_mid,
-            dense_out,
-            variants,
-            lambda v: PrunedMLP(v.tensors, mlp),
-            lambda m, b: run_mlp(layer, m, h_mid[b]),
-            accumulate=cfg.error_accumulation,
+        hidden = _prune_unit(
+            store,
+            Unit(i, "mlp"),
+            mlp.down_proj,
+            run=lambda m, b: run_mlp(layer, m, h_mid[b]),
+            dense=mlp,
+            residual=h_mid,
+            prune=lambda H: mlp_variants(mlp, H, cfg.mlp_ladder, cfg),
+            make_module=lambda v: PrunedMLP(v.tensors, mlp),
+            cfg=cfg,
         )
         bar.set_postfix(stored=f"{store.size_bytes / 2**20:.0f}MiB")
     if not store.manifest.get("complete"):
         store.finish(build_seconds=round(time.perf_counter() - started, 2))
     return store
+
+
+def _prune_unit(
+    store: SupernetStore,
+    unit: Unit,
+    out_proj: nn.Linear,
+    *,
+    run: Callable[[nn.Module, int], torch.Tensor],
+    dense: nn.Module,
+    residual: list[torch.Tensor],
+    prune: Callable[[torch.Tensor], list[Variant]],
+    make_module: Callable[[Variant], nn.Module],
+    cfg: SupernetConfig,
+) -> list[torch.Tensor]:
+    """Prune one unit unless the store has it (the Hessian of ``out_proj``'s input is gathered
+    while the dense block runs), then return the residual stream after the unit."""
+    todo = not store.has_unit(unit)
+    with InputHessian(out_proj) if todo else contextlib.nullcontext() as hess:
+        dense_out = [run(dense, b) for b in range(len(residual))]
+    if todo:
+        store.write_unit(unit, cast_variants(prune(hess.H), getattr(torch, cfg.store_dtype)))
+    variants = store.read_variants(unit)
+    return next_hidden(residual, dense_out, variants, make_module, run, accumulate=cfg.error_accumulation)
