@@ -1,0 +1,90 @@
+"""The evaluator: one loaded model, a supernet, a teacher cache; it scores genomes at a stage.
+
+Call order::
+
+    ev = Evaluator(model, store, fitness_tokens, schedule)   # caches the dense teacher, wraps the model
+    ev.evaluate(genome, stage)                               # stitch, [train a copy], score -> float
+
+Scores are mean per-token KL(dense || candidate) in nats on the first ``stage.tokens`` fitness
+tokens (lower is better). The same object is what a Ray actor holds.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from torch import nn
+
+from fitness.schedule import TokenSchedule
+from fitness.teacher import TeacherCache
+from fitness.training import TrainConfig, train_copy
+from search.space import Genome
+from supernet.stitch import Stitcher
+from supernet.store import SupernetStore
+
+
+class Evaluator:
+    def __init__(
+        self,
+        model: nn.Module,
+        store: SupernetStore,
+        tokens: torch.Tensor,
+        schedule: TokenSchedule,
+        *,
+        topk: int = 64,
+        batch_size: int = 4,
+        train: TrainConfig | None = None,
+        train_tokens: torch.Tensor | None = None,
+        seed: int = 0,
+    ):
+        seqlen = tokens.shape[1]
+        need = math.ceil(schedule.max_tokens / seqlen)
+        if tokens.shape[0] < need:
+            raise ValueError(f"the schedule needs {schedule.max_tokens} fitness tokens; got {tokens.numel()}")
+        if any(s.train_tokens for s in schedule.stages) and train_tokens is None:
+            raise ValueError("a schedule with training stages needs train_tokens")
+        self.schedule = schedule
+        self.batch_size = batch_size
+        self.train_cfg = train or TrainConfig()
+        self.train_tokens = train_tokens
+        self.seed = seed
+        self.teacher = TeacherCache.compute(model, tokens[:need], k=topk, batch_size=batch_size)
+        self.stitcher = Stitcher(model, store)
+        self.model = model
+        self.space = self.stitcher.space
+        self.stats = {"evaluations": 0, "stitch_s": 0.0, "train_s": 0.0, "score_s": 0.0}
+
+    def rows(self, stage: int) -> int:
+        return math.ceil(self.schedule.stages[stage].tokens / self.teacher.tokens.shape[1])
+
+    def evaluate(self, genome: Genome, stage: int = 0) -> float:
+        t0 = time.perf_counter()
+        self.stitcher.apply(genome)
+        t1 = time.perf_counter()
+        model = self.model
+        st = self.schedule.stages[stage]
+        if st.train_tokens:
+            model = train_copy(model, self.train_tokens, st.train_tokens, self.train_cfg, seed=self.seed)
+        t2 = time.perf_counter()
+        score = self.score(model, self.rows(stage))
+        t3 = time.perf_counter()
+        self.stats["evaluations"] += 1
+        self.stats["stitch_s"] += t1 - t0
+        self.stats["train_s"] += t2 - t1
+        self.stats["score_s"] += t3 - t2
+        return score
+
+    @torch.no_grad()
+    def score(self, model: nn.Module, rows: int) -> float:
+        """Mean per-token top-k KL of ``model`` against the cached teacher on the first ``rows`` sequences."""
+        device = next(model.parameters()).device
+        total, count = 0.0, 0
+        for start in range(0, rows, self.batch_size):
+            sl = slice(start, min(start + self.batch_size, rows))
+            logits = model(input_ids=self.teacher.tokens[sl].to(device), use_cache=False).logits
+            kl = self.teacher.kl(sl, logits)
+            total += kl.sum().item()
+            count += kl.numel()
+        return total / count

@@ -1,0 +1,124 @@
+import copy
+
+import pytest
+import torch
+
+from conftest import tiny_model
+from fitness.evaluator import Evaluator
+from fitness.metrics import kl_per_token
+from fitness.schedule import PRESETS, Stage, TokenSchedule
+from fitness.teacher import TeacherCache
+from fitness.training import TrainConfig, train_copy
+from supernet import SupernetConfig, build_supernet
+
+
+def test_schedule_presets_and_parse():
+    assert [s.survivors for s in PRESETS["darwinlm"].stages] == [8, 4, 2, 1]
+    assert [s.tokens for s in PRESETS["tyr"].stages] == [2048, 16384, 131072]
+    assert PRESETS["darwinlm-train"].stages[-1].train_tokens == 200_000
+    assert TokenSchedule.parse("4:64,2:128:1000").stages == (Stage(4, 64), Stage(2, 128, 1000))
+    assert TokenSchedule.parse("tyr") is PRESETS["tyr"]
+
+
+@pytest.mark.parametrize("bad", ["4:128,2:128", "4:256,2:128", "2:64,4:128", "4:64:100,2:128:50", "", "a:b"])
+def test_schedule_that_does_not_grow_is_rejected(bad):
+    with pytest.raises(ValueError):
+        TokenSchedule.parse(bad)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    model = tiny_model("llama", layers=2)
+    g = torch.Generator().manual_seed(1)
+    calib = torch.randint(0, 128, (6, 32), generator=g)
+    fit = torch.randint(0, 128, (8, 32), generator=g)
+    store = build_supernet(model, calib, str(tmp_path_factory.mktemp("fit") / "sn"),
+                           SupernetConfig(batch_size=3, mlp_alignment=8, store_dtype="float32"), progress=False)
+    return model, store, fit
+
+
+def test_topk_kl_is_a_lower_bound_and_exact_at_full_vocab(setup):
+    model, _, fit = setup
+    student = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        s_logits = student(input_ids=fit[:4]).logits
+        t_logits = model(input_ids=fit[:4]).logits
+    full = kl_per_token(t_logits, s_logits)
+    exact = TeacherCache.compute(model, fit[:4], k=128).kl(slice(0, 4), s_logits)
+    torch.testing.assert_close(exact, full, rtol=1e-4, atol=1e-5)
+    log_p, log_q = torch.log_softmax(t_logits, -1), torch.log_softmax(s_logits, -1)
+    prev = None
+    for k in (4, 16, 64, 120):
+        approx = TeacherCache.compute(model, fit[:4], k=k).kl(slice(0, 4), s_logits)
+        assert (approx >= -1e-6).all() and (approx <= full + 1e-5).all()
+        gap = full - approx
+        # the documented bound: gap <= p_rest * max over the rest bucket of log(p~/q~)
+        rest = torch.ones_like(log_p, dtype=torch.bool).scatter(-1, t_logits.topk(k, -1).indices, False)
+        p_rest = (log_p.exp() * rest).sum(-1)
+        q_rest = (log_q.exp() * rest).sum(-1)
+        ratio = torch.where(rest, log_p - log_q, torch.full_like(log_p, -torch.inf)).amax(-1)
+        bound = p_rest * (ratio - (p_rest / q_rest).log())
+        assert (gap <= bound + 1e-5).all()
+        if prev is not None:
+            assert gap.mean() <= prev + 1e-6  # more cached logits never make the estimate worse
+        prev = gap.mean()
+
+
+def test_teacher_cache_roundtrip(setup, tmp_path):
+    model, _, fit = setup
+    c = TeacherCache.compute(model, fit[:2], k=8)
+    c.save(tmp_path / "t.safetensors")
+    d = TeacherCache.load(tmp_path / "t.safetensors")
+    assert torch.equal(c.top_index, d.top_index) and torch.equal(c.lse, d.lse)
+
+
+def test_evaluator_scores_dense_as_zero_and_sparser_as_worse(setup):
+    model, store, fit = setup
+    ev = Evaluator(copy.deepcopy(model), store, fit, TokenSchedule.of([(4, 64), (2, 128), (1, 256)]), topk=128)
+    space = ev.space
+    assert [ev.rows(i) for i in range(3)] == [2, 4, 8]
+    assert abs(ev.evaluate(space.dense, 0)) < 1e-5
+    k25, k75 = ev.evaluate(space.uniform(0.25), 2), ev.evaluate(space.uniform(0.75), 2)
+    assert 0 < k25 < k75
+    assert ev.stats["evaluations"] == 3
+
+
+def test_evaluator_needs_enough_tokens(setup):
+    model, store, fit = setup
+    with pytest.raises(ValueError, match="needs 4096 fitness tokens"):
+        Evaluator(copy.deepcopy(model), store, fit, TokenSchedule.of([(1, 4096)]))
+
+
+def test_training_aware_scoring_leaves_dense_and_supernet_untouched(setup):
+    model, store, fit = setup
+    work = copy.deepcopy(model)
+    dense_state = {k: v.clone() for k, v in work.state_dict().items()}
+    sched = TokenSchedule.of([(2, 64, 0), (1, 128, 2048)])
+    ev = Evaluator(work, store, fit, sched, train=TrainConfig(lr=1e-3), train_tokens=fit, topk=128)
+    g = ev.space.uniform(0.5)
+    ev.stitcher.apply(g)
+    untrained = ev.score(work, ev.rows(1))
+    trained = ev.evaluate(g, 1)
+    assert trained != pytest.approx(untrained, rel=1e-6)
+    assert ev.evaluate(g, 1) == pytest.approx(trained, rel=1e-6)  # seeded: same training, same score
+    ev.stitcher.apply(ev.space.dense)
+    for k, v in work.state_dict().items():
+        assert torch.equal(v, dense_state[k]), k
+    store.verify()  # every supernet file still matches its checksum
+
+
+def test_train_copy_lowers_training_loss():
+    model = tiny_model("qwen3", layers=1)
+    ids = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(0))
+
+    def loss(m):
+        with torch.no_grad():
+            out = m(input_ids=ids, labels=ids)
+        return out.loss.item()
+
+    before = loss(model)
+    trained = train_copy(model, ids, 16 * 4 * 20, TrainConfig(lr=1e-3, batch_size=4))
+    assert loss(trained) < before
+    assert loss(model) == before
