@@ -283,7 +283,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "supernet": str(store.path),
         "wall_time_s": round(time.perf_counter() - started, 2),
     }
-    from supernet.store import atomic_write, atomic_write_json
+    from search.checkpoint import atomic_write, atomic_write_json
 
     atomic_write_json(run_dir / "summary.json", summary)
     atomic_write(run_dir / "history.jsonl", (json.dumps({"evaluation": 1, "genome": list(genome), "kl": kl}) + "\n").encode())

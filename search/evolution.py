@@ -1,0 +1,74 @@
+"""Evolutionary search with staged selection (DarwinLM / EvoPress).
+
+A (1 + lambda) scheme: the parent starts as the uniform genome; each generation makes ``offspring``
+level-switch mutants of it, scores them stage by stage on the fitness schedule (each stage keeps
+its ``survivors`` best for the next, costlier stage), and the best finalist replaces the parent
+only if it beats the parent at the final stage (elitism: the parent always reaches the final stage).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from search.engine import Engine
+from search.mutation import level_switch
+from search.space import Genome
+
+
+@dataclass(frozen=True)
+class EvolutionConfig:
+    generations: int = 50
+    offspring: int = 16
+    max_flips: int = 3
+
+    def __post_init__(self) -> None:
+        if self.generations < 0 or self.offspring < 1 or self.max_flips < 1:
+            raise ValueError(f"bad evolution config {self}")
+
+
+class EvolutionEngine(Engine):
+    name = "evolution"
+    config: EvolutionConfig
+
+    def initialize(self) -> None:
+        self.parent = self.start_genome()
+        self.parent_score = self.fitness.evaluate([self.parent], self.final_stage)[0]
+
+    @property
+    def final_stage(self) -> int:
+        return len(self.fitness.survivors) - 1
+
+    def done(self) -> bool:
+        return self.step_index >= self.config.generations
+
+    def step(self) -> dict[str, Any]:
+        offspring = list(dict.fromkeys(
+            level_switch(self.parent, self.budget, self.rng, max_flips=self.config.max_flips)
+            for _ in range(self.config.offspring)
+        ))
+        offspring = [g for g in offspring if g != self.parent]
+        field = offspring
+        for stage in range(self.final_stage):
+            if not field:
+                break
+            scores = self.fitness.evaluate(field, stage)
+            order = sorted(range(len(field)), key=lambda i: (scores[i], field[i]))
+            field = [field[i] for i in order[: self.fitness.survivors[stage]]]
+        scores = self.fitness.evaluate(field, self.final_stage) if field else []
+        winner = min(range(len(field)), key=lambda i: scores[i], default=None)
+        improved = winner is not None and scores[winner] < self.parent_score  # ties keep the parent
+        if improved:
+            self.parent, self.parent_score = field[winner], scores[winner]
+        return {"generation": self.step_index + 1, "offspring": len(offspring), "improved": improved,
+                "parent_fitness": self.parent_score}
+
+    def best(self) -> tuple[Genome, float]:
+        return self.parent, self.parent_score
+
+    def get_state(self) -> dict[str, Any]:
+        return {"parent": list(self.parent), "parent_score": self.parent_score}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.parent = tuple(state["parent"])
+        self.parent_score = state["parent_score"]

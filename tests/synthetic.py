@@ -1,0 +1,46 @@
+"""A synthetic fitness with a known, non-uniform optimum, for engine tests (no torch)."""
+
+from __future__ import annotations
+
+import hashlib
+
+from search.space import Level, SearchSpace, Unit
+
+
+def synthetic_space(layers: int = 6, attn_levels: int = 5, mlp_levels: int = 9) -> SearchSpace:
+    units, levels = [], []
+    for l in range(layers):
+        units.append(Unit(l, "attn"))
+        levels.append(tuple(Level(i / (attn_levels - 1), round(400 * (1 - i / (attn_levels - 1)))) for i in range(attn_levels)))
+        units.append(Unit(l, "mlp"))
+        levels.append(tuple(Level(i / (mlp_levels - 1), round(800 * (1 - i / (mlp_levels - 1)))) for i in range(mlp_levels)))
+    return SearchSpace(tuple(units), tuple(levels))
+
+
+class SyntheticFitness:
+    """``sum_u importance_u * sparsity_u^2`` plus deterministic noise that shrinks with the stage:
+    unimportant units (odd layers, MLPs) should be pruned more than important ones."""
+
+    def __init__(self, space: SearchSpace, survivors=(4, 2, 1), noise=(0.05, 0.01, 0.0), fail_after: int | None = None):
+        self.space = space
+        self.survivors = survivors
+        self.noise = noise
+        self.importance = [(3.0 if u.layer % 2 == 0 else 0.5) * (2.0 if u.kind == "attn" else 1.0) for u in space.units]
+        self.calls = 0
+        self.fail_after = fail_after
+
+    def true(self, genome) -> float:
+        return sum(w * lv[g].sparsity ** 2 for w, lv, g in zip(self.importance, self.space.levels, genome))
+
+    def evaluate(self, genomes, stage, on_result=None):
+        out = []
+        for i, g in enumerate(genomes):
+            if self.fail_after is not None and self.calls >= self.fail_after:
+                raise KeyboardInterrupt("killed")
+            self.calls += 1
+            h = int(hashlib.sha256(repr((tuple(g), stage)).encode()).hexdigest()[:8], 16) / 2**32
+            score = self.true(g) + self.noise[stage] * (h - 0.5)
+            out.append(score)
+            if on_result:
+                on_result(i, score)
+        return out
