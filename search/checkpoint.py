@@ -98,9 +98,9 @@ class RunFiles:
     def evaluations(self) -> list[dict]:
         return _read_lines(self.dir / EVALUATIONS)
 
-    def append_evaluation(self, genome: Genome, stage: int, score: float) -> None:
+    def append_evaluation(self, genome: Genome, stage: int, score: float, space: str = "") -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        _append_line(self.dir / EVALUATIONS, {"genome": list(genome), "stage": stage, "score": score})
+        _append_line(self.dir / EVALUATIONS, {"genome": list(genome), "stage": stage, "score": score, "space": space})
 
     def reset(self) -> None:
         for name in (CHECKPOINT, EVALUATIONS, HISTORY):
@@ -109,21 +109,17 @@ class RunFiles:
 
 class CachedFitness:
     """Wraps a :class:`Fitness`: each (genome, stage) is scored once per run, and every score is
-    persisted as it arrives, so a resumed run never repeats a completed evaluation."""
+    persisted as it arrives, so a resumed run never repeats a completed evaluation. ``space``
+    names the search space the genomes index (engines that change spaces use one per space)."""
 
-    def __init__(self, fitness: Fitness, files: RunFiles):
+    def __init__(self, fitness: Fitness, files: RunFiles, space: str = ""):
         self.fitness = fitness
         self.files = files
+        self.space = space
         self.survivors = tuple(fitness.survivors)
         self.cache: dict[tuple[Genome, int], float] = {
-            (tuple(r["genome"]), r["stage"]): r["score"] for r in files.evaluations()
+            (tuple(r["genome"]), r["stage"]): r["score"] for r in files.evaluations() if r.get("space", "") == space
         }
-        self.fresh = 0
-
-    @property
-    def evaluations(self) -> int:
-        """Distinct (genome, stage) evaluations so far in this run, resumed ones included."""
-        return len(self.cache)
 
     def evaluate(self, genomes: Sequence[Genome], stage: int) -> list[float]:
         genomes = [tuple(int(x) for x in g) for g in genomes]
@@ -131,8 +127,7 @@ class CachedFitness:
 
         def record(i: int, score: float) -> None:
             self.cache[(missing[i], stage)] = float(score)
-            self.files.append_evaluation(missing[i], stage, float(score))
-            self.fresh += 1
+            self.files.append_evaluation(missing[i], stage, float(score), self.space)
 
         if missing:
             scores = self.fitness.evaluate(missing, stage, on_result=record)

@@ -99,6 +99,11 @@ class Engine(abc.ABC):
     def pareto(self) -> list[dict[str, Any]]:
         return []
 
+    @property
+    def evaluations(self) -> int:
+        """Evaluations completed in this run (resumed parts included), in every space it used."""
+        return len(self.files.evaluations())
+
     # -- the shared driver ---------------------------------------------------------------------
     def run(self, *, resume: bool = False) -> Result:
         started = time.perf_counter()
@@ -114,7 +119,7 @@ class Engine(abc.ABC):
             self.set_state(checkpoint["state"])
             self.files.truncate_history(self.step_index)
             elapsed = checkpoint.get("wall_time_s", 0.0)
-            self.log(f"{self.name}: resumed at step {self.step_index} ({self.fitness.evaluations} evaluations cached)")
+            self.log(f"{self.name}: resumed at step {self.step_index} ({self.evaluations} evaluations done)")
         else:
             if not resume:
                 self.files.reset()
@@ -126,13 +131,13 @@ class Engine(abc.ABC):
             record = self.step()
             self.step_index += 1
             best_genome, best_fit = self.best()
-            record = {"step": self.step_index, "evaluations": self.fitness.evaluations, "best_fitness": best_fit,
+            record = {"step": self.step_index, "evaluations": self.evaluations, "best_fitness": best_fit,
                       "best_cost": self.budget.cost(best_genome), **record}
             self.files.append_history(record)
             self._checkpoint(elapsed + time.perf_counter() - started)
             self.log(self.describe(record))
         best_genome, best_fit = self.best()
-        return Result(best_genome, best_fit, self.fitness.evaluations,
+        return Result(best_genome, best_fit, self.evaluations,
                       round(elapsed + time.perf_counter() - started, 3), self.pareto())
 
     def describe(self, record: dict[str, Any]) -> str:

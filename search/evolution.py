@@ -8,9 +8,12 @@ only if it beats the parent at the final stage (elitism: the parent always reach
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Any
 
+from search.budget import Budget
+from search.checkpoint import CachedFitness
 from search.engine import Engine
 from search.mutation import level_switch
 from search.space import Genome
@@ -25,6 +28,28 @@ class EvolutionConfig:
     def __post_init__(self) -> None:
         if self.generations < 0 or self.offspring < 1 or self.max_flips < 1:
             raise ValueError(f"bad evolution config {self}")
+
+
+def evolve_generation(
+    parent: Genome, parent_score: float, fitness: CachedFitness, budget: Budget, rng: random.Random, cfg: EvolutionConfig
+) -> tuple[Genome, float, dict[str, Any]]:
+    """One generation: mutate, select stage by stage, keep the parent unless beaten at the last stage."""
+    final = len(fitness.survivors) - 1
+    offspring = list(dict.fromkeys(level_switch(parent, budget, rng, max_flips=cfg.max_flips) for _ in range(cfg.offspring)))
+    field = [g for g in offspring if g != parent]
+    n_offspring = len(field)
+    for stage in range(final):
+        if not field:
+            break
+        scores = fitness.evaluate(field, stage)
+        order = sorted(range(len(field)), key=lambda i: (scores[i], field[i]))
+        field = [field[i] for i in order[: fitness.survivors[stage]]]
+    scores = fitness.evaluate(field, final) if field else []
+    winner = min(range(len(field)), key=lambda i: scores[i], default=None)
+    improved = winner is not None and scores[winner] < parent_score  # ties keep the parent
+    if improved:
+        parent, parent_score = field[winner], scores[winner]
+    return parent, parent_score, {"offspring": n_offspring, "improved": improved, "parent_fitness": parent_score}
 
 
 class EvolutionEngine(Engine):
@@ -43,25 +68,10 @@ class EvolutionEngine(Engine):
         return self.step_index >= self.config.generations
 
     def step(self) -> dict[str, Any]:
-        offspring = list(dict.fromkeys(
-            level_switch(self.parent, self.budget, self.rng, max_flips=self.config.max_flips)
-            for _ in range(self.config.offspring)
-        ))
-        offspring = [g for g in offspring if g != self.parent]
-        field = offspring
-        for stage in range(self.final_stage):
-            if not field:
-                break
-            scores = self.fitness.evaluate(field, stage)
-            order = sorted(range(len(field)), key=lambda i: (scores[i], field[i]))
-            field = [field[i] for i in order[: self.fitness.survivors[stage]]]
-        scores = self.fitness.evaluate(field, self.final_stage) if field else []
-        winner = min(range(len(field)), key=lambda i: scores[i], default=None)
-        improved = winner is not None and scores[winner] < self.parent_score  # ties keep the parent
-        if improved:
-            self.parent, self.parent_score = field[winner], scores[winner]
-        return {"generation": self.step_index + 1, "offspring": len(offspring), "improved": improved,
-                "parent_fitness": self.parent_score}
+        self.parent, self.parent_score, record = evolve_generation(
+            self.parent, self.parent_score, self.fitness, self.budget, self.rng, self.config
+        )
+        return {"generation": self.step_index + 1, **record}
 
     def best(self) -> tuple[Genome, float]:
         return self.parent, self.parent_score

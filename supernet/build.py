@@ -86,7 +86,7 @@ def build_supernet(
             run=lambda m, b: run_attention(layer, m, h_in[b], kw[b]),
             dense=attn,
             residual=h_in,
-            prune=lambda H: attention_variants(attn, H, kv_heads, cfg.attn_ladder, cfg),
+            prune=lambda H: attention_variants(attn, H, kv_heads, cfg.ladder(Unit(i, "attn")), cfg),
             make_module=lambda v: PrunedAttention(v.tensors, attn, rotary),
             cfg=cfg,
         )
@@ -98,7 +98,7 @@ def build_supernet(
             run=lambda m, b: run_mlp(layer, m, h_mid[b]),
             dense=mlp,
             residual=h_mid,
-            prune=lambda H: mlp_variants(mlp, H, cfg.mlp_ladder, cfg),
+            prune=lambda H: mlp_variants(mlp, H, cfg.ladder(Unit(i, "mlp")), cfg),
             make_module=lambda v: PrunedMLP(v.tensors, mlp),
             cfg=cfg,
         )

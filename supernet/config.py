@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
-from search.space import Ladder
+from search.space import Ladder, Unit
 
 CRITERIA = ("obs", "magnitude")
 
@@ -24,6 +24,8 @@ class SupernetConfig:
     store_dtype: dtype of the stored variant tensors.
     batch_size: calibration sequences per forward pass.
     mlp_chunk: MLP channels removed per greedy OBS step (0 = about 256 steps per unit).
+    unit_ladders: per-unit ladders (by unit name, e.g. ``L003.mlp``) overriding the kind's ladder,
+        as Týr's coarse-to-fine rounds use.
     """
 
     attn_ladder: Ladder = field(default_factory=lambda: Ladder.uniform(0.125))
@@ -37,8 +39,14 @@ class SupernetConfig:
     store_dtype: str = "bfloat16"
     batch_size: int = 8
     mlp_chunk: int = 0
+    unit_ladders: Mapping[str, Ladder] | None = None
 
     def __post_init__(self) -> None:
+        if self.unit_ladders is not None:
+            object.__setattr__(
+                self, "unit_ladders",
+                {k: v if isinstance(v, Ladder) else Ladder.parse(v) for k, v in self.unit_ladders.items()},
+            )
         for name in ("attn_ladder", "mlp_ladder"):
             value = getattr(self, name)
             if not isinstance(value, Ladder):
@@ -54,10 +62,17 @@ class SupernetConfig:
         if self.batch_size < 1 or self.mlp_chunk < 0:
             raise ValueError("batch_size must be >= 1 and mlp_chunk >= 0")
 
+    def ladder(self, unit: Unit) -> Ladder:
+        if self.unit_ladders and unit.name in self.unit_ladders:
+            return self.unit_ladders[unit.name]
+        return self.attn_ladder if unit.kind == "attn" else self.mlp_ladder
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["attn_ladder"] = list(self.attn_ladder.sparsities)
         d["mlp_ladder"] = list(self.mlp_ladder.sparsities)
+        if self.unit_ladders is not None:
+            d["unit_ladders"] = {k: list(v.sparsities) for k, v in sorted(self.unit_ladders.items())}
         return d
 
     def identity(self) -> dict[str, Any]:

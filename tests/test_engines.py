@@ -9,7 +9,8 @@ from search.errors import SparsearchError
 from search.evolution import EvolutionConfig, EvolutionEngine
 from search.nsga2 import NSGA2Config, NSGA2Engine
 from search.tpe import TPEConfig, TPEEngine
-from synthetic import SyntheticFitness, synthetic_space
+from search.tyr import TyrConfig, TyrEngine, centred_ladder
+from synthetic import SyntheticFitness, synthetic_rebuild, synthetic_space
 
 ENGINES = {
     "evolution": (EvolutionEngine, EvolutionConfig(generations=12, offspring=8)),
@@ -17,25 +18,35 @@ ENGINES = {
     "nsga2-dc": (NSGA2Engine, NSGA2Config(population=8, generations=4, blocks=3)),
     "tpe": (TPEEngine, TPEConfig(trials=40, startup_trials=8)),
     "tpe-constraint": (TPEEngine, TPEConfig(trials=40, startup_trials=8, budget_mode="constraint")),
+    "tyr": (TyrEngine, TyrConfig(rounds=3, generations=4, offspring=6)),
 }
 
 
-def _engine(name, tmp_path, seed=0, fitness=None, sub="run"):
+def _make_budget(space):
+    return Budget.from_sparsity(CostModel.params(space), 0.5, tolerance=0.02)
+
+
+def _engine(name, tmp_path, seed=0, fitness=None, sub="run", fail_after=None):
     space = synthetic_space()
-    budget = Budget.from_sparsity(CostModel.params(space), 0.5, tolerance=0.02)
     cls, cfg = ENGINES[name]
-    fitness = fitness or SyntheticFitness(space)
-    return cls(space, budget, fitness, cfg, run_dir=str(tmp_path / sub), seed=seed, log=None), fitness
+    counter = {"calls": 0}
+    fitness = fitness or SyntheticFitness(space, fail_after=fail_after, counter=counter)
+    extra = {}
+    if cls is TyrEngine:
+        extra = {"rebuild": synthetic_rebuild(fail_after=fail_after, counter=fitness.counter), "make_budget": _make_budget}
+    engine = cls(space, _make_budget(space), fitness, cfg, run_dir=str(tmp_path / sub), seed=seed, log=None, **extra)
+    return engine, fitness
 
 
 @pytest.mark.parametrize("name", ENGINES)
 def test_respects_budget_and_beats_uniform(name, tmp_path):
     engine, fit = _engine(name, tmp_path)
+    uniform = engine.space.uniform(0.5)
     result = engine.run()
     assert engine.budget.feasible(result.best_genome)
-    uniform = engine.start_genome()
-    assert fit.true(result.best_genome) < 0.8 * fit.true(uniform), (result.best_genome, uniform)
-    assert result.evaluations == len({(tuple(r["genome"]), r["stage"]) for r in engine.files.evaluations()})
+    final = engine.fitness.fitness  # Týr's last round has its own space and fitness
+    assert final.true(result.best_genome) < 0.8 * fit.true(uniform), (result.best_genome, uniform)
+    assert result.evaluations == len({(r["space"], tuple(r["genome"]), r["stage"]) for r in engine.files.evaluations()})
     history = engine.files.history()
     assert len(history) >= 1 and all("best_fitness" in r for r in history)
 
@@ -50,11 +61,12 @@ def test_reproducible_with_seed(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", ENGINES)
-@pytest.mark.parametrize("kill_at", [1, 7, 23])
-def test_survives_kill_and_resume(name, kill_at, tmp_path):
+@pytest.mark.parametrize("when", ["first", "early", "late"])
+def test_survives_kill_and_resume(name, when, tmp_path):
     reference = _engine(name, tmp_path, sub="ref")[0].run()
-    space = synthetic_space()
-    engine, _ = _engine(name, tmp_path, fitness=SyntheticFitness(space, fail_after=kill_at))
+    n = reference.evaluations
+    kill_at = {"first": 1, "early": max(2, n // 3), "late": n - 1}[when]
+    engine, _ = _engine(name, tmp_path, fail_after=kill_at)
     with pytest.raises(KeyboardInterrupt):
         engine.run()
     done_before = len(engine.files.evaluations())
@@ -136,3 +148,22 @@ def test_tpe_with_sqlite_storage(tmp_path):
     TPEEngine(space, budget, SyntheticFitness(space), cfg, run_dir=str(tmp_path / "r"), log=None).run()
     with pytest.raises(SparsearchError, match="already exists"):
         TPEEngine(space, budget, SyntheticFitness(space), cfg, run_dir=str(tmp_path / "r2"), log=None).run()
+
+
+def test_tyr_rounds_refine_ladders_around_the_best():
+    lad = centred_ladder(0.5, 0.0625, 9)
+    assert lad.sparsities == (0.0, 0.25, 0.3125, 0.375, 0.4375, 0.5, 0.5625, 0.625, 0.6875, 0.75, 1.0)
+    edge = centred_ladder(0.05, 0.03125, 9)  # shifted to stay inside [0, 1]
+    assert edge.sparsities[:2] == (0.0, 0.03125) and len(edge) == 10
+
+
+def test_tyr_final_round_is_finer_and_no_worse(tmp_path):
+    engine, _ = _engine("tyr", tmp_path)
+    result = engine.run()
+    history = engine.files.history()
+    assert [r.get("step_size") for r in history if "step_size" in r] == [0.0625, 0.03125]
+    round0_best = [r["best_fitness"] for r in history if r["round"] == 0][-1]
+    assert result.best_fitness <= round0_best + 0.02  # noise of the synthetic fitness at the last stage is 0
+    for lv in engine.space.levels:  # the last round's ladders: 0, nine levels 1/32 apart, 1
+        inner = [l.sparsity for l in lv[1:-1]]
+        assert {round(b - a, 8) for a, b in zip(inner, inner[1:])} <= {0.03125}
