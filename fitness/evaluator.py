@@ -4,6 +4,7 @@ Call order::
 
     ev = Evaluator(model, store, fitness_tokens, schedule)   # caches the dense teacher, wraps the model
     ev.evaluate(genome, stage)                               # stitch, [train a copy], score -> float
+    ev.evaluate_many(genomes, stage, on_result)              # the search engines' Fitness interface
 
 Scores are mean per-token KL(dense || candidate) in nats on the first ``stage.tokens`` fitness
 tokens (lower is better). The same object is what a Ray actor holds.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -55,6 +57,20 @@ class Evaluator:
         self.model = model
         self.space = self.stitcher.space
         self.stats = {"evaluations": 0, "stitch_s": 0.0, "train_s": 0.0, "score_s": 0.0}
+
+    @property
+    def survivors(self) -> tuple[int, ...]:
+        return tuple(s.survivors for s in self.schedule.stages)
+
+    def evaluate_many(
+        self, genomes: Sequence[Genome], stage: int, on_result: Callable[[int, float], None] | None = None
+    ) -> list[float]:
+        scores = []
+        for i, g in enumerate(genomes):
+            scores.append(self.evaluate(g, stage))
+            if on_result is not None:
+                on_result(i, scores[-1])
+        return scores
 
     def rows(self, stage: int) -> int:
         return math.ceil(self.schedule.stages[stage].tokens / self.teacher.tokens.shape[1])

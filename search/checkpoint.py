@@ -68,7 +68,7 @@ class Fitness(Protocol):
 
     survivors: Sequence[int]
 
-    def evaluate(
+    def evaluate_many(
         self, genomes: Sequence[Genome], stage: int, on_result: Callable[[int, float], None] | None = None
     ) -> list[float]: ...
 
@@ -130,7 +130,7 @@ class CachedFitness:
             self.files.append_evaluation(missing[i], stage, float(score), self.space)
 
         if missing:
-            scores = self.fitness.evaluate(missing, stage, on_result=record)
+            scores = self.fitness.evaluate_many(missing, stage, on_result=record)
             for i, s in enumerate(scores):  # a fitness that does not call on_result
                 if (missing[i], stage) not in self.cache:
                     record(i, s)

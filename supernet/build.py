@@ -65,6 +65,8 @@ def build_supernet(
     store = SupernetStore.create_or_resume(
         out, supernet_header(model, tokens, cfg, model_name=model_name, calibration=calibration)
     )
+    if store.calibration() is None:
+        store.write_calibration(tokens)
     started = time.perf_counter()
     inputs = capture_inputs(adapter, tokens, cfg.batch_size)
     hidden = inputs.hidden

@@ -15,7 +15,7 @@ def _tensor_digest(h: "hashlib._Hash", t: torch.Tensor) -> None:
     flat = t.detach().reshape(-1)
     stride = max(1, flat.numel() // _SAMPLE)
     # rounded to bfloat16 so that float32 and bfloat16 loads of one checkpoint agree
-    sample = flat[::stride][:_SAMPLE].to(device="cpu", dtype=torch.bfloat16).to(torch.float32).contiguous()
+    sample = flat[::stride][:_SAMPLE].cpu().to(torch.bfloat16).to(torch.float32).contiguous()
     h.update(sample.numpy().tobytes())
 
 
@@ -35,5 +35,5 @@ def model_fingerprint(model: nn.Module) -> str:
 
 def tokens_fingerprint(tokens: torch.Tensor) -> str:
     h = hashlib.sha256(f"{tuple(tokens.shape)}".encode())
-    h.update(tokens.detach().to(device="cpu", dtype=torch.int64).contiguous().numpy().tobytes())
+    h.update(tokens.detach().cpu().to(torch.int64).contiguous().numpy().tobytes())
     return h.hexdigest()

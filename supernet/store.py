@@ -30,6 +30,7 @@ from supernet.variants import Variant
 
 FORMAT = "sparsearch-supernet/1"
 MANIFEST = "manifest.json"
+CALIBRATION = "calibration.safetensors"
 
 
 class SupernetStore:
@@ -116,6 +117,20 @@ class SupernetStore:
             levels.append(entry)
         self.manifest["units"][unit.name] = {"levels": levels}
         self._save()
+
+    def write_calibration(self, tokens: torch.Tensor) -> None:
+        """Keep the calibration tokens with the supernet (rebuilds and resumes reuse them)."""
+        atomic_write(self.path / CALIBRATION, st_save({"tokens": tokens.detach().cpu().to(torch.int64).contiguous()}))
+
+    def calibration(self) -> torch.Tensor | None:
+        """The stored calibration tokens, if they match the manifest's fingerprint."""
+        from supernet.fingerprint import tokens_fingerprint
+
+        f = self.path / CALIBRATION
+        if not f.is_file():
+            return None
+        tokens = st_load(f.read_bytes())["tokens"]
+        return tokens if tokens_fingerprint(tokens) == self.manifest["calibration"]["fingerprint"] else None
 
     def finish(self, **extra: Any) -> None:
         self.manifest.update(extra, complete=True)

@@ -37,7 +37,7 @@ class SyntheticFitness:
     def true(self, genome) -> float:
         return sum(w * lv[g].sparsity ** 2 for w, lv, g in zip(self.importance, self.space.levels, genome))
 
-    def evaluate(self, genomes, stage, on_result=None):
+    def evaluate_many(self, genomes, stage, on_result=None):
         out = []
         for i, g in enumerate(genomes):
             if self.fail_after is not None and self.calls >= self.fail_after:
