@@ -40,6 +40,7 @@ class Evaluator:
         train: TrainConfig | None = None,
         train_tokens: torch.Tensor | None = None,
         seed: int = 0,
+        teacher: TeacherCache | None = None,
     ):
         seqlen = tokens.shape[1]
         need = math.ceil(schedule.max_tokens / seqlen)
@@ -52,7 +53,7 @@ class Evaluator:
         self.train_cfg = train or TrainConfig()
         self.train_tokens = train_tokens
         self.seed = seed
-        self.teacher = TeacherCache.compute(model, tokens[:need], k=topk, batch_size=batch_size)
+        self.teacher = teacher or TeacherCache.compute(model, tokens[:need], k=topk, batch_size=batch_size)
         self.stitcher = Stitcher(model, store)
         self.model = model
         self.space = self.stitcher.space

@@ -5,7 +5,6 @@ flag names; flags given on the command line override them) and exits with status
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -14,6 +13,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from launch.config import ENGINES
 from search.errors import SparsearchError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -53,6 +53,29 @@ def _supernet_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=8, help="calibration sequences per forward")
 
 
+def _search_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("search")
+    g.add_argument("--target-sparsity", type=float, default=0.5, help="fraction of prunable parameters removed")
+    g.add_argument("--engine", default="evolution", choices=list(ENGINES), help="search engine (default evolution)")
+    g.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
+    g.add_argument("--cost", default="params", choices=["params", "flops"], help="what the budget limits")
+    g.add_argument("--tolerance", type=float, default=0.01, help="budget band below the limit (fraction of dense)")
+    g.add_argument("--schedule", default="4:512,2:1024,1:2048",
+                   help="fitness stages survivors:tokens[:train_tokens],... or darwinlm | darwinlm-train | tyr")
+    g.add_argument("--generations", type=int, default=40, help="evolution/nsga2/tyr generations (tyr: per round)")
+    g.add_argument("--offspring", type=int, default=8, help="evolution/tyr offspring per generation")
+    g.add_argument("--max-flips", type=int, default=3, help="level switches per mutation")
+    g.add_argument("--population", type=int, default=24, help="nsga2 population")
+    g.add_argument("--blocks", type=int, default=0, help="nsga2 divide-and-conquer layer blocks (0 = off)")
+    g.add_argument("--trials", type=int, default=200, help="tpe trials")
+    g.add_argument("--storage", help="tpe: Optuna storage URL (default: a journal file in the run directory)")
+    g.add_argument("--study-name", default="sparsearch", help="tpe study name")
+    g.add_argument("--budget-mode", default="repair", choices=["repair", "constraint"], help="tpe budget handling")
+    g.add_argument("--rounds", type=int, default=4, help="tyr coarse-to-fine rounds")
+    g.add_argument("--topk", type=int, default=64, help="teacher logits kept per token for KL")
+    g.add_argument("--eval-batch-size", type=int, default=4, help="sequences per scoring forward")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="PRESET.yaml", help="YAML file of flag values")
     p.add_argument("--seed", type=int, default=0)
@@ -80,16 +103,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-sparsity", type=float, help="with --supernet: the uniform allocation at this sparsity")
     _common(p)
 
-    p = sub.add_parser("run", help="build or reuse the supernet, allocate the budget, write the run directory")
+    p = sub.add_parser("search", help="search the per-unit levels of a supernet under a budget")
+    _model_args(p)
+    p.add_argument("--supernet", required=True, metavar="DIR", help="a finished supernet of --model")
+    p.add_argument("--run-dir", required=True, metavar="R")
+    _search_args(p)
+    _calib_args(p)
+    _common(p)
+
+    p = sub.add_parser("run", help="build or reuse the supernet, search, and write the run directory")
     _model_args(p)
     p.add_argument("--run-dir", default="runs/default", metavar="R")
     p.add_argument("--supernet", metavar="DIR", help="supernet directory (default: R/supernet)")
-    p.add_argument("--target-sparsity", type=float, default=0.5, help="fraction of prunable parameters removed")
-    p.add_argument("--engine", default="uniform", choices=["uniform"], help="allocation engine")
-    p.add_argument("--fitness-samples", type=int, default=4, help="calibration sequences scored by KL")
+    _search_args(p)
     _calib_args(p)
     _supernet_args(p)
     _common(p)
+
+    p = sub.add_parser("report", help="render the plots of a run directory again")
+    p.add_argument("--run-dir", required=True, metavar="R")
+    p.add_argument("--config", metavar="PRESET.yaml", help="YAML file of flag values")
     return parser
 
 
@@ -177,23 +210,6 @@ def _check_files(*paths: str | None) -> None:
             raise SparsearchError(f"text file not found: {p}")
 
 
-def _ensure_supernet(args: argparse.Namespace, model, tokenizer, out: Path):
-    """Open the supernet at ``out`` if it is finished, else build (or resume) it there."""
-    from fitness.data import calibration_tokens
-    from supernet.build import build_supernet
-    from supernet.store import SupernetStore
-
-    cfg, calib = _supernet_config(args), _calibration_config(args)
-    if SupernetStore.is_complete(out):
-        return SupernetStore.open(out)
-    if not args.quiet:
-        print(f"calibration: {calib.samples} x {calib.seqlen} tokens from {calib.source}"
-              + (f" ({calib.location})" if calib.location else ""), file=sys.stderr)
-    tokens = calibration_tokens(calib, model, tokenizer, batch_size=cfg.batch_size, progress=not args.quiet)
-    return build_supernet(model, tokens, str(out), cfg, model_name=args.model,
-                          calibration=calib.describe(), progress=not args.quiet)
-
-
 def _describe(store) -> str:
     units = store.manifest["units"]
     levels = {len(u["levels"]) for u in units.values()}
@@ -204,10 +220,13 @@ def _describe(store) -> str:
 
 # -- commands -----------------------------------------------------------------------------------
 def cmd_supernet(args: argparse.Namespace) -> int:
+    from launch.pipeline import ensure_supernet
+
     _supernet_config(args), _calibration_config(args)  # validate before loading anything
     _check_files(args.calib_text)
     model, tokenizer = _load(args)
-    store = _ensure_supernet(args, model, tokenizer, Path(args.out))
+    store = ensure_supernet(model, tokenizer, Path(args.out), _supernet_config(args), _calibration_config(args),
+                            model_name=args.model, progress=not args.quiet, log=_log(args))
     print(_describe(store))
     return 0
 
@@ -240,58 +259,85 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    import torch
+def _search_config(args: argparse.Namespace):
+    from launch.config import SearchConfig
 
-    from fitness.data import calibration_tokens
-    from fitness.metrics import kl_per_token
-    from search.space import SearchSpace
-    from supernet.stitch import Stitcher
+    return SearchConfig(
+        engine=args.engine, target_sparsity=args.target_sparsity, cost=args.cost, tolerance=args.tolerance,
+        schedule=args.schedule, seed=args.seed, generations=args.generations, offspring=args.offspring,
+        max_flips=args.max_flips, population=args.population, blocks=args.blocks, trials=args.trials,
+        storage=args.storage, study_name=args.study_name, budget_mode=args.budget_mode, rounds=args.rounds,
+        topk=args.topk, eval_batch_size=args.eval_batch_size,
+    )
 
-    started = time.perf_counter()
-    _supernet_config(args), _calibration_config(args)
-    _check_files(args.calib_text)
-    if not 0.0 < args.target_sparsity < 1.0:
-        raise SparsearchError(f"--target-sparsity must be within (0, 1), got {args.target_sparsity}")
+
+def _log(args: argparse.Namespace):
+    return (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+
+
+def _search_and_report(args, model, tokenizer, store, started: float) -> int:
+    from launch import pipeline, report
+
     run_dir = Path(args.run_dir)
-    model, tokenizer = _load(args)
-    store = _ensure_supernet(args, model, tokenizer, Path(args.supernet) if args.supernet else run_dir / "supernet")
-    if not args.quiet:
-        print(_describe(store), file=sys.stderr)
-    # fitness tokens: the calibration source again, with another seed (never held-out text)
-    calib = _calibration_config(args)
-    fit_cfg = dataclasses.replace(calib, samples=args.fitness_samples, seed=calib.seed + 1)
-    fit_ids = calibration_tokens(fit_cfg, model, tokenizer).to(next(model.parameters()).device)
-    space: SearchSpace = store.space()
-    with torch.no_grad():
-        dense_logits = model(input_ids=fit_ids, use_cache=False).logits
-        stitcher = Stitcher(model, store)
-        genome = space.uniform(args.target_sparsity)
-        stitcher.apply(genome)
-        kl = kl_per_token(dense_logits, model(input_ids=fit_ids, use_cache=False).logits).mean().item()
-    summary = {
-        "model": args.model,
-        "engine": args.engine,
-        "target_sparsity": args.target_sparsity,
-        "best_genome": list(genome),
-        "sparsity": space.sparsity(genome),
-        "params": {"prunable_dense": space.dense_params, "prunable_kept": space.params(genome),
-                   "total": sum(p.numel() for p in model.parameters())},
-        "fitness": {"kl": kl, "tokens": int(fit_ids.numel())},
-        "evaluations": 1,
-        "per_layer": space.per_layer(genome),
-        "supernet": str(store.path),
-        "wall_time_s": round(time.perf_counter() - started, 2),
-    }
-    from search.checkpoint import atomic_write, atomic_write_json
+    if args.resume and not (run_dir / "checkpoint.json").is_file() and args.engine != "uniform":
+        _log(args)(f"nothing to resume in {run_dir}: starting a new run")
+    from supernet.config import SupernetConfig
 
-    atomic_write_json(run_dir / "summary.json", summary)
-    atomic_write(run_dir / "history.jsonl", (json.dumps({"evaluation": 1, "genome": list(genome), "kl": kl}) + "\n").encode())
-    print(f"{args.engine}: sparsity {summary['sparsity']:.3f}, KL {kl:.4f} nats/token -> {run_dir / 'summary.json'}")
+    found = pipeline.search(model, tokenizer, store, _search_config(args), calib=_calibration_config(args),
+                            supernet_cfg=SupernetConfig.from_dict(store.manifest["config"]), run_dir=run_dir,
+                            resume=args.resume,
+                            log=_log(args), progress=not args.quiet)
+    summary = report.build_summary(found, model=args.model, engine=args.engine, target_sparsity=args.target_sparsity,
+                                   wall_time_s=time.perf_counter() - started)
+    path = report.write_summary(run_dir, summary)
+    report.render(run_dir)
+    print(f"{args.engine}: sparsity {summary['sparsity']:.3f}, KL {summary['fitness']['kl']:.4f} "
+          f"(uniform {summary['uniform']['kl']:.4f}) after {summary['evaluations']} evaluations -> {path}")
     return 0
 
 
-COMMANDS = {"supernet": cmd_supernet, "eval": cmd_eval, "run": cmd_run}
+def cmd_search(args: argparse.Namespace) -> int:
+    from supernet.store import SupernetStore
+
+    started = time.perf_counter()
+    _search_config(args), _calibration_config(args)
+    store = SupernetStore.open(args.supernet)
+    model, tokenizer = _load(args)
+    store.check_model(_fingerprint(model))
+    return _search_and_report(args, model, tokenizer, store, started)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from launch.pipeline import ensure_supernet
+
+    started = time.perf_counter()
+    _search_config(args), _supernet_config(args), _calibration_config(args)
+    _check_files(args.calib_text)
+    model, tokenizer = _load(args)
+    out = Path(args.supernet) if args.supernet else Path(args.run_dir) / "supernet"
+    store = ensure_supernet(model, tokenizer, out, _supernet_config(args), _calibration_config(args),
+                            model_name=args.model, progress=not args.quiet, log=_log(args))
+    _log(args)(_describe(store))
+    return _search_and_report(args, model, tokenizer, store, started)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from launch.report import SUMMARY, render
+
+    if not (Path(args.run_dir) / SUMMARY).is_file():
+        raise SparsearchError(f"no {SUMMARY} in {args.run_dir}")
+    for p in render(args.run_dir):
+        print(p)
+    return 0
+
+
+def _fingerprint(model) -> str:
+    from supernet.fingerprint import model_fingerprint
+
+    return model_fingerprint(model)
+
+
+COMMANDS = {"supernet": cmd_supernet, "search": cmd_search, "run": cmd_run, "eval": cmd_eval, "report": cmd_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -75,6 +75,12 @@ class SupernetConfig:
             d["unit_ladders"] = {k: list(v.sparsities) for k, v in sorted(self.unit_ladders.items())}
         return d
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SupernetConfig":
+        """The config recorded in a supernet manifest (fields it lacks take their defaults)."""
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
     def identity(self) -> dict[str, Any]:
         """The fields that change what is stored (a resumed build must match them)."""
         d = self.to_dict()

@@ -88,12 +88,17 @@ def test_supernet_eval_and_run_on_tiny_model(capsys, tmp_path, model_dir):
 
     run = tmp_path / "run"
     assert main(["run", "--config", str(preset), "--model", m, "--run-dir", str(run), "--supernet", str(sn),
-                 "--target-sparsity", "0.25", "--quiet"]) == 0
+                 "--target-sparsity", "0.25", "--generations", "3", "--schedule", "4:64,1:128", "--quiet"]) == 0
     summary = json.loads((run / "summary.json").read_text())
     for key in ("best_genome", "per_layer", "params", "fitness", "evaluations", "wall_time_s"):
         assert key in summary
-    assert summary["fitness"]["kl"] > 0 and len(summary["per_layer"]) == 2
-    assert (run / "history.jsonl").read_text().count("\n") == 1
+    assert 0 < summary["fitness"]["kl"] <= summary["uniform"]["kl"] and len(summary["per_layer"]) == 2
+    assert summary["sparsity"] == pytest.approx(0.25, abs=0.1)
+    assert (run / "history.jsonl").read_text().count("\n") == 3
+    assert (run / "sparsity.png").is_file() and (run / "fitness.png").is_file()
+    (run / "sparsity.png").unlink()
+    assert main(["report", "--run-dir", str(run)]) == 0
+    assert (run / "sparsity.png").is_file()
 
 
 def test_mismatched_supernet_is_refused(capsys, tmp_path, model_dir):
@@ -118,3 +123,25 @@ def test_unreachable_hub_id_is_one_line_error(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     code = main(["supernet", "--model", "no-such-org/no-such-model", "--out", str(tmp_path / "sn"), "--quiet"])
     assert "could not load model 'no-such-org/no-such-model' from the hub" in _one_error_line(capsys, code)
+
+
+@pytest.mark.parametrize("engine", ["nsga2", "tpe", "tyr", "uniform"])
+def test_search_command_engines_and_resume(engine, capsys, tmp_path, model_dir):
+    m, text = str(model_dir / "model"), str(model_dir / "text.txt")
+    sn = tmp_path / "sn"
+    common = ["--model", m, "--calib-text", text, "--calib-samples", "4", "--calib-seqlen", "32", "--quiet"]
+    assert main(["supernet", *common, "--out", str(sn), "--mlp-alignment", "8"]) == 0
+    run = tmp_path / "run"
+    args = ["search", *common, "--supernet", str(sn), "--run-dir", str(run), "--engine", engine,
+            "--schedule", "2:64,1:128", "--generations", "2", "--population", "4", "--trials", "4",
+            "--rounds", "2", "--offspring", "3"]
+    assert main(args) == 0
+    first = json.loads((run / "summary.json").read_text())
+    assert main(args + ["--resume"]) == 0  # a finished run resumes to the same answer
+    again = json.loads((run / "summary.json").read_text())
+    assert again["best_genome"] == first["best_genome"] and again["evaluations"] == first["evaluations"]
+    if engine == "nsga2":
+        assert first["pareto"] and (run / "pareto.png").is_file()
+    if engine == "tyr":
+        assert (run / "tyr" / "round1" / "manifest.json").is_file()
+        assert first["supernet"].endswith("round1")

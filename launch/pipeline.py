@@ -1,0 +1,122 @@
+"""The steps of a run, as plain functions over typed configs: supernet, fitness tokens, search."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from fitness.data import CalibrationConfig, calibration_tokens
+from fitness.evaluator import Evaluator
+from fitness.schedule import TokenSchedule
+from launch.config import SearchConfig
+from search.budget import Budget, CostModel
+from search.engine import Result
+from search.errors import SparsearchError
+from search.space import SearchSpace
+from supernet.build import build_supernet
+from supernet.config import SupernetConfig
+from supernet.store import SupernetStore
+
+Log = Callable[[str], None]
+
+
+def ensure_supernet(
+    model, tokenizer, out: Path, cfg: SupernetConfig, calib: CalibrationConfig, *, model_name: str,
+    progress: bool, log: Log,
+) -> SupernetStore:
+    """Open the finished supernet at ``out``, or build (resume) it there."""
+    if SupernetStore.is_complete(out):
+        return SupernetStore.open(out)
+    log(f"calibration: {calib.samples} x {calib.seqlen} tokens from {calib.source}"
+        + (f" ({calib.location})" if calib.location else ""))
+    tokens = calibration_tokens(calib, model, tokenizer, batch_size=cfg.batch_size, progress=progress)
+    return build_supernet(model, tokens, str(out), cfg, model_name=model_name, calibration=calib.describe(),
+                          progress=progress)
+
+
+def fitness_tokens(calib: CalibrationConfig, schedule: TokenSchedule, model, tokenizer, run_dir: Path) -> torch.Tensor:
+    """Fitness tokens: the calibration source again with another seed (never held-out text), as many
+    sequences as the schedule's last stage needs; kept in the run directory for resumes."""
+    path = run_dir / "fitness_tokens.safetensors"
+    rows = math.ceil(schedule.max_tokens / calib.seqlen)
+    if path.is_file():
+        tokens = load_file(str(path))["tokens"]
+        if tokens.shape == (rows, calib.seqlen):
+            return tokens
+    tokens = calibration_tokens(dataclasses.replace(calib, samples=rows, seed=calib.seed + 1), model, tokenizer)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_file({"tokens": tokens.contiguous()}, str(path))
+    return tokens
+
+
+def make_budget(space: SearchSpace, cfg: SearchConfig, head_dim: int, context: int) -> Budget:
+    model = CostModel.params(space) if cfg.cost == "params" else CostModel.flops(space, head_dim=head_dim, context=context)
+    return Budget.from_sparsity(model, cfg.target_sparsity, cfg.tolerance)
+
+
+def search(
+    model, tokenizer, store: SupernetStore, cfg: SearchConfig, *, calib: CalibrationConfig,
+    supernet_cfg: SupernetConfig, run_dir: Path, resume: bool, log: Log, progress: bool,
+) -> dict[str, Any]:
+    """Search the budget allocation; returns what the summary needs (best genome, its space, ...)."""
+    from search.evolution import EvolutionEngine
+    from search.nsga2 import NSGA2Engine
+    from search.tpe import TPEEngine
+    from search.tyr import TyrEngine
+
+    started = time.perf_counter()
+    schedule = cfg.token_schedule
+    tokens = fitness_tokens(calib, schedule, model, tokenizer, run_dir)
+    evaluator = Evaluator(model, store, tokens, schedule, topk=cfg.topk, batch_size=cfg.eval_batch_size)
+    space = store.space()
+    shape = store.manifest["model"]["shape"]
+    budget_of = lambda sp: make_budget(sp, cfg, shape["head_dim"], calib.seqlen)  # noqa: E731
+    budget = budget_of(space)
+    final = len(schedule) - 1
+    uniform = space.uniform(cfg.target_sparsity)
+    state = {"store": store, "evaluator": evaluator}
+
+    if cfg.engine == "uniform":
+        score = evaluator.evaluate(uniform, final)
+        result = Result(uniform, score, 1, round(time.perf_counter() - started, 3))
+    else:
+        classes = {"evolution": EvolutionEngine, "nsga2": NSGA2Engine, "tpe": TPEEngine, "tyr": TyrEngine}
+        extra: dict[str, Any] = {}
+        if cfg.engine == "tyr":
+            calib_tokens = store.calibration()
+            if calib_tokens is None:
+                raise SparsearchError(f"supernet at {store.path} keeps no calibration tokens; rebuild it for tyr")
+
+            def rebuild(round_index: int, ladders):
+                ev = state["evaluator"]
+                ev.stitcher.apply(ev.space.dense)  # prune the dense model again
+                out = run_dir / "tyr" / f"round{round_index}"
+                log(f"tyr round {round_index}: supernet with ladder step {cfg.engine_config().step(round_index)} in {out}")
+                st = SupernetStore.open(out) if SupernetStore.is_complete(out) else build_supernet(
+                    model, calib_tokens, str(out), dataclasses.replace(supernet_cfg, unit_ladders=ladders),
+                    model_name=store.manifest["model"]["name"], calibration=store.manifest["calibration"],
+                    progress=progress)
+                new = Evaluator(model, st, tokens, schedule, topk=cfg.topk, batch_size=cfg.eval_batch_size,
+                                teacher=ev.teacher)
+                state.update(store=st, evaluator=new)
+                return st.space(), new
+
+            extra = {"rebuild": rebuild, "make_budget": budget_of}
+        engine = classes[cfg.engine](space, budget, evaluator, cfg.engine_config(), run_dir=str(run_dir),
+                                     seed=cfg.seed, log=log, **extra)
+        result = engine.run(resume=resume)
+        space, budget = engine.space, engine.budget
+    store, evaluator = state["store"], state["evaluator"]
+    uniform_score = evaluator.evaluate(space.uniform(cfg.target_sparsity), final)
+    evaluator.stitcher.apply(result.best_genome)
+    return {
+        "result": result, "space": space, "budget": budget, "store": store, "uniform_genome": space.uniform(cfg.target_sparsity),
+        "uniform_fitness": uniform_score, "params_total": sum(p.numel() for p in model.parameters()),
+        "schedule": [dataclasses.asdict(s) for s in schedule.stages],
+    }
