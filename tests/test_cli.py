@@ -145,3 +145,16 @@ def test_search_command_engines_and_resume(engine, capsys, tmp_path, model_dir):
     if engine == "tyr":
         assert (run / "tyr" / "round1" / "manifest.json").is_file()
         assert first["supernet"].endswith("round1")
+
+
+def test_shipped_presets_are_valid(tmp_path, capsys):
+    from launch.cli import parse_args
+
+    root = Path(__file__).resolve().parents[1] / "launch" / "presets"
+    presets = sorted(root.glob("*.yaml"))
+    assert presets
+    for preset in presets:
+        args = parse_args(["run", "--config", str(preset), "--run-dir", str(tmp_path)])
+        from launch.cli import _calibration_config, _search_config, _supernet_config
+
+        _search_config(args), _supernet_config(args), _calibration_config(args)

@@ -1,0 +1,135 @@
+"""Export a stitched candidate as a physically smaller model that loads with transformers.
+
+The folder holds ``config.json`` (``model_type: sparsearch`` with per-layer ``layer_configs``),
+safetensors weights of per-layer shapes (removed blocks have none), the tokenizer, the generation
+config, ``modeling_sparsearch.py`` (remote code for the installed transformers 5.x) and a model
+card. ``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)`` reproduces the
+candidate's logits. The folder is written to a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from search.errors import SparsearchError
+from supernet import modeling_sparsearch
+from supernet.adapters import DecoderAdapter
+from supernet.modules import StitchedLayer
+
+AUTO_MAP = {
+    "AutoConfig": "modeling_sparsearch.SparsearchConfig",
+    "AutoModelForCausalLM": "modeling_sparsearch.SparsearchForCausalLM",
+}
+
+
+def _attention_spec(attn: nn.Module, shape) -> dict[str, Any]:
+    if hasattr(attn, "kv_index"):
+        kv_index = attn.kv_index.tolist()
+    else:  # the model's own dense attention
+        kv_index = [h // shape.heads_per_group for h in range(shape.num_heads)]
+    return {"heads": len(kv_index), "kv_heads": attn.k_proj.out_features // shape.head_dim, "kv_index": kv_index}
+
+
+def layer_configs(model: nn.Module) -> list[dict[str, Any]]:
+    """Per layer, the exported shapes of a (stitched or dense) model."""
+    adapter = DecoderAdapter(model)
+    out = []
+    for layer in adapter.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        out.append({
+            "attention": None if attn is None else _attention_spec(attn, adapter.shape),
+            "mlp": None if mlp is None else {"channels": mlp.gate_proj.out_features},
+        })
+    return out
+
+
+def export_config(model: nn.Module) -> modeling_sparsearch.SparsearchConfig:
+    base = model.config
+    adapter = DecoderAdapter(model)
+    attn0 = next((l.dense_blocks["attn"] if isinstance(l, StitchedLayer) else l.self_attn) for l in adapter.layers)
+    mlp0 = next((l.dense_blocks["mlp"] if isinstance(l, StitchedLayer) else l.mlp) for l in adapter.layers)
+    window = getattr(base, "sliding_window", None) if adapter.model_type == "mistral" else None
+    if adapter.model_type in ("qwen2", "qwen3") and getattr(base, "use_sliding_window", False):
+        raise SparsearchError(f"{adapter.model_type} with use_sliding_window is not supported by the export")
+    return modeling_sparsearch.SparsearchConfig(
+        vocab_size=base.vocab_size, hidden_size=base.hidden_size, intermediate_size=base.intermediate_size,
+        num_hidden_layers=base.num_hidden_layers, num_attention_heads=base.num_attention_heads,
+        num_key_value_heads=adapter.shape.num_kv_heads, head_dim=adapter.shape.head_dim,
+        hidden_act=base.hidden_act, max_position_embeddings=base.max_position_embeddings,
+        rms_norm_eps=base.rms_norm_eps, rope_parameters=dict(base.rope_parameters),
+        tie_word_embeddings=bool(getattr(base, "tie_word_embeddings", False)),
+        bos_token_id=base.bos_token_id, eos_token_id=base.eos_token_id, pad_token_id=base.pad_token_id,
+        qkv_bias=attn0.q_proj.bias is not None, o_bias=attn0.o_proj.bias is not None,
+        mlp_bias=mlp0.gate_proj.bias is not None, qk_norm=getattr(attn0, "q_norm", None) is not None,
+        sliding_window=window, base_model_type=adapter.model_type,
+        layer_configs=layer_configs(model), architectures=["SparsearchForCausalLM"], auto_map=AUTO_MAP,
+    )
+
+
+def export_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights of the exported model, named as :mod:`modeling_sparsearch` names them."""
+    unused = set()  # the norms in front of removed blocks
+    for i, layer in enumerate(DecoderAdapter(model).layers):
+        if layer.self_attn is None:
+            unused.add(f"model.layers.{i}.input_layernorm.weight")
+        if layer.mlp is None:
+            unused.add(f"model.layers.{i}.post_attention_layernorm.weight")
+    state = {}
+    for name, t in model.state_dict().items():
+        if "rotary_emb" in name or name in unused:
+            continue
+        state[name] = t
+    for i, spec in enumerate(layer_configs(model)):  # dense attention blocks have no kv_index of their own
+        if spec["attention"] is not None:
+            state[f"model.layers.{i}.self_attn.kv_index"] = torch.tensor(spec["attention"]["kv_index"], dtype=torch.long)
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    return state
+
+
+def export(model: nn.Module, tokenizer, out: str | Path, *, card: str | None = None,
+           dtype: torch.dtype | None = None) -> Path:
+    """Write the (stitched) ``model`` to ``out``; returns the folder."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise SparsearchError(f"export folder {out} exists and is not empty")
+    cfg = export_config(model)
+    with torch.device("meta"):
+        exported = modeling_sparsearch.SparsearchForCausalLM(cfg)
+    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v) for k, v in export_state_dict(model).items()}
+    missing, unexpected = exported.load_state_dict(state, strict=False, assign=True)
+    missing = [m for m in missing if not (cfg.tie_word_embeddings and m == "lm_head.weight")]
+    if missing or unexpected:
+        raise SparsearchError(f"export weights do not match the exported shapes: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    if cfg.tie_word_embeddings:
+        exported.tie_weights()
+    exported.model.rotary_emb = modeling_sparsearch.LlamaRotaryEmbedding(cfg)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        exported.save_pretrained(tmp)
+        cfg_json = json.loads((tmp / "config.json").read_text())
+        cfg_json["auto_map"] = AUTO_MAP
+        (tmp / "config.json").write_text(json.dumps(cfg_json, indent=2) + "\n")
+        shutil.copyfile(modeling_sparsearch.__file__, tmp / "modeling_sparsearch.py")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        gen = getattr(model, "generation_config", None)
+        if gen is not None:
+            gen.save_pretrained(tmp)
+        if card:
+            (tmp / "README.md").write_text(card)
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

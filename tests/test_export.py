@@ -1,0 +1,84 @@
+import copy
+
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM
+
+from conftest import ARCHS, tiny_model
+from search.errors import SparsearchError
+from supernet import Stitcher, SupernetConfig, build_supernet
+from supernet.export import export
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def candidate(request, tmp_path_factory):
+    arch = request.param
+    model = tiny_model(arch, layers=3, tie_word_embeddings=arch in ("llama", "qwen3"))
+    tokens = torch.randint(0, 128, (6, 24), generator=torch.Generator().manual_seed(0))
+    root = tmp_path_factory.mktemp(f"exp-{arch}")
+    store = build_supernet(model, tokens, str(root / "sn"),
+                           SupernetConfig(batch_size=3, mlp_alignment=8, store_dtype="float32"), progress=False)
+    dense = copy.deepcopy(model)
+    # dense, pruned and removed attention and MLP blocks
+    genome = (0, 4, 8, 3, 5, 8)
+    Stitcher(model, store).apply(genome)
+    out = export(model, None, root / "export")
+    loaded = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    return arch, dense, model, loaded, out, tokens
+
+
+def test_exported_logits_equal_stitched_candidate(candidate):
+    _, _, stitched, loaded, _, tokens = candidate
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=tokens).logits, stitched(input_ids=tokens).logits,
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_removed_blocks_have_no_weights_and_model_is_smaller(candidate):
+    _, dense, _, loaded, out, _ = candidate
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        names = set(f.keys())
+    assert not any(n.startswith("model.layers.1.self_attn.") for n in names)  # level 8: removed
+    assert not any(n.startswith("model.layers.2.mlp.") for n in names)
+    assert "model.layers.1.mlp.down_proj.weight" in names
+    assert loaded.model.layers[1].self_attn is None and loaded.model.layers[2].mlp is None
+    assert sum(p.numel() for p in loaded.parameters()) < sum(p.numel() for p in dense.parameters())
+    assert (out / "modeling_sparsearch.py").is_file()
+
+
+def _greedy_without_cache(model, ids, steps):
+    for _ in range(steps):
+        with torch.no_grad():
+            nxt = model(input_ids=ids).logits[:, -1].argmax(-1, keepdim=True)
+        ids = torch.cat([ids, nxt], 1)
+    return ids
+
+
+def test_generate_with_kv_cache_matches_full_recompute(candidate):
+    _, _, stitched, loaded, _, tokens = candidate
+    prompt = tokens[:2, :6]
+    out = loaded.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8, do_sample=False,
+                          pad_token_id=0)
+    assert torch.equal(out, _greedy_without_cache(stitched, prompt, 8))
+
+
+def test_left_padded_batch_generates_like_single_prompts(candidate):
+    _, _, _, loaded, _, tokens = candidate
+    long, short = tokens[0, :7], tokens[1, :4]
+    ids = torch.stack([long, torch.cat([torch.zeros(3, dtype=torch.long), short])])
+    mask = torch.tensor([[1] * 7, [0, 0, 0] + [1] * 4])
+    batch = loaded.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    for row, prompt in ((0, long), (1, short)):
+        single = loaded.generate(prompt[None], attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                 max_new_tokens=5, do_sample=False, pad_token_id=0)
+        assert torch.equal(batch[row, -5:], single[0, -5:])
+
+
+def test_export_refuses_a_non_empty_folder(candidate, tmp_path):
+    _, _, stitched, _, _, _ = candidate
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "keep.txt").write_text("mine")
+    with pytest.raises(SparsearchError, match="not empty"):
+        export(stitched, None, tmp_path / "x")
+    assert (tmp_path / "x" / "keep.txt").read_text() == "mine"
