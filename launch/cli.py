@@ -115,10 +115,20 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.add_argument("--run-dir", default="runs/default", metavar="R")
     p.add_argument("--supernet", metavar="DIR", help="supernet directory (default: R/supernet)")
+    p.add_argument("--no-export", action="store_true", help="do not export the best model to R/export")
     _search_args(p)
     _calib_args(p)
     _supernet_args(p)
     _common(p)
+
+    p = sub.add_parser("export", help="write the best (or a Pareto) genome of a run as a smaller HF model")
+    p.add_argument("--run-dir", required=True, metavar="R")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--genome", default="best", help="best | pareto:I (the I-th point of the run's Pareto front)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--config", metavar="PRESET.yaml", help="YAML file of flag values")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("report", help="render the plots of a run directory again")
     p.add_argument("--run-dir", required=True, metavar="R")
@@ -291,6 +301,14 @@ def _search_and_report(args, model, tokenizer, store, started: float) -> int:
                                    wall_time_s=time.perf_counter() - started)
     path = report.write_summary(run_dir, summary)
     report.render(run_dir)
+    if getattr(args, "command", None) == "run" and not args.no_export:
+        out = run_dir / "export"
+        if out.exists():
+            import shutil
+
+            shutil.rmtree(out)
+        _export(model, tokenizer, summary, summary["best_genome"], out, found["space"])
+        _log(args)(f"exported: {out}")
     print(f"{args.engine}: sparsity {summary['sparsity']:.3f}, KL {summary['fitness']['kl']:.4f} "
           f"(uniform {summary['uniform']['kl']:.4f}) after {summary['evaluations']} evaluations -> {path}")
     return 0
@@ -321,6 +339,50 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _search_and_report(args, model, tokenizer, store, started)
 
 
+def _export(model, tokenizer, summary: dict, genome: list[int], out: Path, space, dtype: str = "auto") -> Path:
+    import torch
+
+    from launch.report import model_card
+    from supernet.export import export
+
+    info = {**summary, "sparsity_of_genome": space.sparsity(tuple(genome)),
+            "fitness_of_genome": summary["fitness"]["kl"] if genome == summary["best_genome"]
+            else next(p["fitness"] for p in summary["pareto"] if p["genome"] == genome)}
+    params = sum(p.numel() for p in model.parameters())
+    card = model_card(info, genome, space.per_layer(tuple(genome)), params)
+    return export(model, tokenizer, out, card=card, dtype=None if dtype == "auto" else getattr(torch, dtype))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from launch.report import SUMMARY
+    from supernet.stitch import Stitcher
+    from supernet.store import SupernetStore
+
+    path = Path(args.run_dir) / SUMMARY
+    if not path.is_file():
+        raise SparsearchError(f"no {SUMMARY} in {args.run_dir}: run a search first")
+    summary = json.loads(path.read_text())
+    if args.genome == "best":
+        genome = summary["best_genome"]
+    elif args.genome.startswith("pareto:") and args.genome[7:].isdigit():
+        i = int(args.genome[7:])
+        if not 0 <= i < len(summary.get("pareto") or []):
+            raise SparsearchError(f"the run's Pareto front has {len(summary.get('pareto') or [])} points; no point {i}")
+        genome = summary["pareto"][i]["genome"]
+    else:
+        raise SparsearchError(f"--genome must be best or pareto:I, got {args.genome!r}")
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise SparsearchError(f"export folder {out} exists and is not empty")
+    store = SupernetStore.open(summary["supernet"])
+    args.model, args.seed = summary["model"], 0
+    model, tokenizer = _load(args)
+    stitcher = Stitcher(model, store)
+    stitcher.apply(tuple(genome))
+    print(f"exported: {_export(model, tokenizer, summary, genome, out, stitcher.space, args.dtype)}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from launch.report import SUMMARY, render
 
@@ -337,7 +399,8 @@ def _fingerprint(model) -> str:
     return model_fingerprint(model)
 
 
-COMMANDS = {"supernet": cmd_supernet, "search": cmd_search, "run": cmd_run, "eval": cmd_eval, "report": cmd_report}
+COMMANDS = {"supernet": cmd_supernet, "search": cmd_search, "run": cmd_run, "export": cmd_export, "eval": cmd_eval,
+            "report": cmd_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -94,3 +94,38 @@ def render(run_dir: str | Path) -> list[Path]:
         fig.savefig(out[-1], dpi=120)
         plt.close(fig)
     return out
+
+
+def model_card(summary: dict[str, Any], genome: list[int], per_layer: list[dict[str, Any]], params: int) -> str:
+    """README.md of an exported model: source, budget, method, per-layer shapes, size, fitness."""
+    rows = []
+    for r in per_layer:
+        a, m = r["attn"], r["mlp"]
+        heads = f"{a.get('heads', 0)} q / {a.get('kv_heads', 0)} kv" if a["params"] else "removed"
+        chans = str(m.get("channels", 0)) if m["params"] else "removed"
+        rows.append(f"| {r['layer']} | {heads} | {chans} |")
+    ppl = summary.get("heldout", {}).get("perplexity")
+    lines = [
+        f"# {Path(str(summary['model'])).name} pruned by sparsearch",
+        "",
+        f"- Source model: `{summary['model']}`",
+        f"- Budget: {summary['target_sparsity']:.1%} of prunable ({summary['budget']['cost']}) removed; "
+        f"this model removes {summary['sparsity_of_genome']:.1%} of prunable parameters",
+        f"- Method: `{summary['engine']}` search over a supernet of OBS-pruned, least-squares-refit variants",
+        f"- Parameters: {params:,}",
+        f"- Fitness (mean KL to the dense model on calibration-source tokens): {summary['fitness_of_genome']:.4f} nats/token",
+    ]
+    if ppl is not None:
+        lines.append(f"- Held-out perplexity ({summary['heldout'].get('data')}): {ppl:.2f}")
+    lines += [
+        "",
+        "Load with `AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)`.",
+        "",
+        "| layer | attention heads | MLP channels |",
+        "|---|---|---|",
+        *rows,
+        "",
+        f"Genome: `{genome}`",
+        "",
+    ]
+    return "\n".join(lines)

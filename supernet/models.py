@@ -8,6 +8,7 @@ safetensors folder under ``$SPARSEARCH_CACHE`` (default ``~/.cache/sparsearch``)
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -92,8 +93,10 @@ def load_model(spec: str, *, dtype: str = "auto", device: str | torch.device | N
     elif path.is_dir():
         if not (path / "config.json").is_file():
             raise SparsearchError(f"{path} is a folder without config.json, not a model")
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        # our own exports carry their modeling code (modeling_sparsearch.py)
+        ours = json.loads((path / "config.json").read_text()).get("model_type") == "sparsearch"
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=ours)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=ours)
     elif _HUB_ID.match(spec) and not spec.startswith((".", "/", "~")):
         try:
             model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch_dtype)

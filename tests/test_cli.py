@@ -100,6 +100,18 @@ def test_supernet_eval_and_run_on_tiny_model(capsys, tmp_path, model_dir):
     assert main(["report", "--run-dir", str(run)]) == 0
     assert (run / "sparsity.png").is_file()
 
+    # run exported the best model; it loads, is smaller, and `eval` reads it
+    card = (run / "export" / "README.md").read_text()
+    assert "| layer | attention heads | MLP channels |" in card and str(summary["best_genome"]) in card
+    capsys.readouterr()
+    assert main(["eval", "--model", str(run / "export"), "--data", text, "--seqlen", "32", "--quiet"]) == 0
+    exported = json.loads(capsys.readouterr().out)
+    assert exported["params"] < dense["params"]
+    assert main(["export", "--run-dir", str(run), "--out", str(tmp_path / "again"), "--quiet"]) == 0
+    assert (tmp_path / "again" / "model.safetensors").read_bytes() == (run / "export" / "model.safetensors").read_bytes()
+    code = main(["export", "--run-dir", str(run), "--out", str(tmp_path / "bad"), "--genome", "pareto:5"])
+    assert "Pareto front has 0 points" in _one_error_line(capsys, code)
+
 
 def test_mismatched_supernet_is_refused(capsys, tmp_path, model_dir):
     from conftest import tiny_model, tiny_tokenizer
