@@ -50,6 +50,8 @@ def _supernet_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-error-accumulation", dest="error_accumulation", action="store_false",
                    help="prune every layer on dense activations")
     g.add_argument("--store-dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    g.add_argument("--servable", action="store_true",
+                   help="only shapes vLLM's DeciLM (nemotron-nas) serves: attention kept or removed, MLP widths on 256")
     g.add_argument("--batch-size", type=int, default=8, help="calibration sequences per forward")
 
 
@@ -176,11 +178,12 @@ def _device(name: str):
 def _supernet_config(args: argparse.Namespace):
     from supernet.config import SupernetConfig
 
+    servable = getattr(args, "servable", False)
     return SupernetConfig(
-        attn_ladder=args.attn_ladder,
+        attn_ladder="0,1" if servable else args.attn_ladder,
         mlp_ladder=args.mlp_ladder,
-        mlp_alignment=args.mlp_alignment,
-        balanced_heads=args.balanced_heads,
+        mlp_alignment=256 if servable else args.mlp_alignment,
+        balanced_heads=args.balanced_heads or servable,
         criterion=args.criterion,
         refit=args.refit,
         damping=args.damping,

@@ -4,7 +4,9 @@ The folder holds ``config.json`` (``model_type: sparsearch`` with per-layer ``la
 safetensors weights of per-layer shapes (removed blocks have none), the tokenizer, the generation
 config, ``modeling_sparsearch.py`` (remote code for the installed transformers 5.x) and a model
 card. ``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)`` reproduces the
-candidate's logits. The folder is written to a temporary name and renamed when complete.
+candidate's logits. When the shapes fit the ``nemotron-nas`` rules (:mod:`supernet.nemotron_nas`),
+the config also uses that schema so that vLLM's DeciLM model can serve the folder. The folder is
+written to a temporary name and renamed when complete.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from torch import nn
 
 from search.errors import SparsearchError
-from supernet import modeling_sparsearch
+from supernet import modeling_sparsearch, nemotron_nas
 from supernet.adapters import DecoderAdapter
 from supernet.modules import StitchedLayer
 
@@ -117,6 +119,10 @@ def export(model: nn.Module, tokenizer, out: str | Path, *, card: str | None = N
         exported.save_pretrained(tmp)
         cfg_json = json.loads((tmp / "config.json").read_text())
         cfg_json["auto_map"] = AUTO_MAP
+        blocks, heads, _why = nemotron_nas.block_configs(cfg.layer_configs, cfg.hidden_size)
+        if blocks is not None:  # also servable by vLLM's DeciLM model
+            cfg_json.update(model_type="nemotron-nas", architectures=["DeciLMForCausalLM"], block_configs=blocks,
+                            num_attention_heads=heads or cfg.num_attention_heads)
         (tmp / "config.json").write_text(json.dumps(cfg_json, indent=2) + "\n")
         shutil.copyfile(modeling_sparsearch.__file__, tmp / "modeling_sparsearch.py")
         if tokenizer is not None:

@@ -82,3 +82,43 @@ def test_export_refuses_a_non_empty_folder(candidate, tmp_path):
     with pytest.raises(SparsearchError, match="not empty"):
         export(stitched, None, tmp_path / "x")
     assert (tmp_path / "x" / "keep.txt").read_text() == "mine"
+
+
+def test_servable_genomes_export_the_nemotron_nas_schema(tmp_path):
+    import json
+
+    from launch.cli import _supernet_config, parse_args
+
+    args = parse_args(["supernet", "--out", "x", "--servable", "--mlp-ladder", "0,0.5,1"])
+    cfg = _supernet_config(args)
+    assert cfg.attn_ladder.sparsities == (0.0, 1.0) and cfg.mlp_alignment == 256 and cfg.balanced_heads
+    model = tiny_model("llama", layers=3, hidden_size=64, intermediate_size=512, head_dim=16)
+    tokens = torch.randint(0, 128, (6, 24), generator=torch.Generator().manual_seed(0))
+    store = build_supernet(model, tokens, str(tmp_path / "sn"),
+                           SupernetConfig(**{**cfg.__dict__, "store_dtype": "float32", "batch_size": 3}), progress=False)
+    Stitcher(model, store).apply((0, 1, 1, 2, 0, 0))
+    out = export(model, None, tmp_path / "export")
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "nemotron-nas" and config["architectures"] == ["DeciLMForCausalLM"]
+    blocks = config["block_configs"]
+    assert [b["attention"]["no_op"] for b in blocks] == [False, True, False]
+    assert [b["ffn"]["ffn_mult"] for b in blocks] == [6.0, None, 12.0]  # 256 and 512 channels at hidden 64
+    assert blocks[0]["attention"]["n_heads_in_group"] == 2 and config["num_attention_heads"] == 4
+    loaded = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=tokens).logits, model(input_ids=tokens).logits)
+
+
+def test_nemotron_nas_rules():
+    from supernet.nemotron_nas import block_configs, width_to_ffn_mult
+
+    dense = {"heads": 4, "kv_heads": 2, "kv_index": [0, 0, 1, 1]}
+    assert width_to_ffn_mult(14336, 4096) == 5.25  # Llama-3.1-8B's MLP
+    assert width_to_ffn_mult(1536, 576) == 4.0 and width_to_ffn_mult(1504, 576) is None
+    ok, heads, _ = block_configs([{"attention": dense, "mlp": {"channels": 256}}, {"attention": None, "mlp": None}], 64)
+    assert ok is not None and heads == 4
+    fewer = {"heads": 2, "kv_heads": 1, "kv_index": [0, 0]}
+    assert block_configs([{"attention": dense, "mlp": None}, {"attention": fewer, "mlp": None}], 64)[0] is None
+    uneven = {"heads": 3, "kv_heads": 2, "kv_index": [0, 1, 1]}
+    assert "evenly grouped" in block_configs([{"attention": uneven, "mlp": None}], 64)[2]
+    assert "not expressible" in block_configs([{"attention": None, "mlp": {"channels": 96}}], 64)[2]
