@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -76,6 +77,9 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rounds", type=int, default=4, help="tyr coarse-to-fine rounds")
     g.add_argument("--topk", type=int, default=64, help="teacher logits kept per token for KL")
     g.add_argument("--eval-batch-size", type=int, default=4, help="sequences per scoring forward")
+    g.add_argument("--workers", type=int, default=0,
+                   help="Ray evaluator actors (default: one per GPU; on a CPU-only machine, 1 = in process)")
+    g.add_argument("--ray-address", help="join this Ray cluster (or 'auto'; also $RAY_ADDRESS) for evaluation")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -296,12 +300,21 @@ def _search_and_report(args, model, tokenizer, store, started: float) -> int:
         _log(args)(f"nothing to resume in {run_dir}: starting a new run")
     from supernet.config import SupernetConfig
 
+    workers = args.workers
+    if workers < 0:
+        raise SparsearchError(f"--workers must be >= 0, got {workers}")
+    if workers == 0:
+        import torch
+
+        workers = max(1, torch.cuda.device_count())
     found = pipeline.search(model, tokenizer, store, _search_config(args), calib=_calibration_config(args),
                             supernet_cfg=SupernetConfig.from_dict(store.manifest["config"]), run_dir=run_dir,
-                            resume=args.resume,
+                            resume=args.resume, model_spec=args.model, workers=workers,
+                            ray_address=args.ray_address or os.environ.get("RAY_ADDRESS"),
                             log=_log(args), progress=not args.quiet)
     summary = report.build_summary(found, model=args.model, engine=args.engine, target_sparsity=args.target_sparsity,
-                                   wall_time_s=time.perf_counter() - started)
+                                   wall_time_s=time.perf_counter() - started,
+                                   extra={"workers": workers, "nodes": found["nodes"]})
     path = report.write_summary(run_dir, summary)
     report.render(run_dir)
     if getattr(args, "command", None) == "run" and not args.no_export:

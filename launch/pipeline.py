@@ -63,60 +63,98 @@ def make_budget(space: SearchSpace, cfg: SearchConfig, head_dim: int, context: i
 def search(
     model, tokenizer, store: SupernetStore, cfg: SearchConfig, *, calib: CalibrationConfig,
     supernet_cfg: SupernetConfig, run_dir: Path, resume: bool, log: Log, progress: bool,
+    model_spec: str | None = None, workers: int = 1, ray_address: str | None = None,
 ) -> dict[str, Any]:
-    """Search the budget allocation; returns what the summary needs (best genome, its space, ...)."""
+    """Search the budget allocation; returns what the summary needs (best genome, its space, ...).
+
+    With ``workers > 1`` or a ``ray_address``, fitness runs on a Ray actor pool (each actor loads
+    ``model_spec`` itself); otherwise in this process on ``model``. Afterwards ``model`` is the
+    stitched best candidate.
+    """
     from search.evolution import EvolutionEngine
     from search.nsga2 import NSGA2Engine
     from search.tpe import TPEEngine
     from search.tyr import TyrEngine
+    from supernet.stitch import Stitcher
 
     started = time.perf_counter()
     schedule = cfg.token_schedule
     tokens = fitness_tokens(calib, schedule, model, tokenizer, run_dir)
-    evaluator = Evaluator(model, store, tokens, schedule, topk=cfg.topk, batch_size=cfg.eval_batch_size)
+    distributed = workers > 1 or ray_address is not None
+    teacher = {}
+
+    def fitness_for(st: SupernetStore):
+        if distributed:
+            from fitness.pool import EvaluatorSpec, RayPool
+            from launch.cluster import connect
+
+            connect(ray_address, num_cpus=max(workers, 1))
+            import torch
+
+            spec = EvaluatorSpec(model=model_spec or store.manifest["model"]["name"], supernet=str(st.path),
+                                 tokens=str(run_dir / "fitness_tokens.safetensors"),
+                                 schedule=tuple((s.survivors, s.tokens, s.train_tokens) for s in schedule.stages),
+                                 topk=cfg.topk, batch_size=cfg.eval_batch_size, seed=cfg.seed, threads=1)
+            gpus = 1 if torch.cuda.is_available() else 0
+            return RayPool(spec, max(workers, 1), num_gpus=gpus, num_cpus=0 if gpus else 1)
+        ev = Evaluator(model, st, tokens, schedule, topk=cfg.topk, batch_size=cfg.eval_batch_size,
+                       teacher=teacher.get("cache"))
+        teacher["cache"] = ev.teacher
+        return ev
+
+    def restore_dense(fit) -> None:
+        if not distributed:
+            fit.stitcher.apply(fit.space.dense)
+
     space = store.space()
     shape = store.manifest["model"]["shape"]
     budget_of = lambda sp: make_budget(sp, cfg, shape["head_dim"], calib.seqlen)  # noqa: E731
     budget = budget_of(space)
     final = len(schedule) - 1
-    uniform = space.uniform(cfg.target_sparsity)
-    state = {"store": store, "evaluator": evaluator}
+    state = {"store": store, "fitness": fitness_for(store)}
+    try:
+        if cfg.engine == "uniform":
+            uniform = space.uniform(cfg.target_sparsity)
+            score = state["fitness"].evaluate_many([uniform], final)[0]
+            result = Result(uniform, score, 1, round(time.perf_counter() - started, 3))
+        else:
+            classes = {"evolution": EvolutionEngine, "nsga2": NSGA2Engine, "tpe": TPEEngine, "tyr": TyrEngine}
+            extra: dict[str, Any] = {}
+            if cfg.engine == "tyr":
+                calib_tokens = store.calibration()
+                if calib_tokens is None:
+                    raise SparsearchError(f"supernet at {store.path} keeps no calibration tokens; rebuild it for tyr")
 
-    if cfg.engine == "uniform":
-        score = evaluator.evaluate(uniform, final)
-        result = Result(uniform, score, 1, round(time.perf_counter() - started, 3))
-    else:
-        classes = {"evolution": EvolutionEngine, "nsga2": NSGA2Engine, "tpe": TPEEngine, "tyr": TyrEngine}
-        extra: dict[str, Any] = {}
-        if cfg.engine == "tyr":
-            calib_tokens = store.calibration()
-            if calib_tokens is None:
-                raise SparsearchError(f"supernet at {store.path} keeps no calibration tokens; rebuild it for tyr")
+                def rebuild(round_index: int, ladders):
+                    restore_dense(state["fitness"])  # prune the dense model again
+                    out = run_dir / "tyr" / f"round{round_index}"
+                    log(f"tyr round {round_index}: supernet with ladder step "
+                        f"{cfg.engine_config().step(round_index)} in {out}")
+                    st = SupernetStore.open(out) if SupernetStore.is_complete(out) else build_supernet(
+                        model, calib_tokens, str(out), dataclasses.replace(supernet_cfg, unit_ladders=ladders),
+                        model_name=store.manifest["model"]["name"], calibration=store.manifest["calibration"],
+                        progress=progress)
+                    if distributed:
+                        state["fitness"].close()
+                    state.update(store=st, fitness=fitness_for(st))
+                    return st.space(), state["fitness"]
 
-            def rebuild(round_index: int, ladders):
-                ev = state["evaluator"]
-                ev.stitcher.apply(ev.space.dense)  # prune the dense model again
-                out = run_dir / "tyr" / f"round{round_index}"
-                log(f"tyr round {round_index}: supernet with ladder step {cfg.engine_config().step(round_index)} in {out}")
-                st = SupernetStore.open(out) if SupernetStore.is_complete(out) else build_supernet(
-                    model, calib_tokens, str(out), dataclasses.replace(supernet_cfg, unit_ladders=ladders),
-                    model_name=store.manifest["model"]["name"], calibration=store.manifest["calibration"],
-                    progress=progress)
-                new = Evaluator(model, st, tokens, schedule, topk=cfg.topk, batch_size=cfg.eval_batch_size,
-                                teacher=ev.teacher)
-                state.update(store=st, evaluator=new)
-                return st.space(), new
-
-            extra = {"rebuild": rebuild, "make_budget": budget_of}
-        engine = classes[cfg.engine](space, budget, evaluator, cfg.engine_config(), run_dir=str(run_dir),
-                                     seed=cfg.seed, log=log, **extra)
-        result = engine.run(resume=resume)
-        space, budget = engine.space, engine.budget
-    store, evaluator = state["store"], state["evaluator"]
-    uniform_score = evaluator.evaluate(space.uniform(cfg.target_sparsity), final)
-    evaluator.stitcher.apply(result.best_genome)
+                extra = {"rebuild": rebuild, "make_budget": budget_of}
+            engine = classes[cfg.engine](space, budget, state["fitness"], cfg.engine_config(), run_dir=str(run_dir),
+                                         seed=cfg.seed, log=log, **extra)
+            result = engine.run(resume=resume)
+            space, budget = engine.space, engine.budget
+        store, fit = state["store"], state["fitness"]
+        uniform = space.uniform(cfg.target_sparsity)
+        uniform_score = fit.evaluate_many([uniform], final)[0]
+        workers_nodes = sorted(set(fit.nodes)) if distributed else []
+    finally:
+        if distributed:
+            state["fitness"].close()
+    stitcher = Stitcher(model, store) if distributed else fit.stitcher
+    stitcher.apply(result.best_genome)
     return {
-        "result": result, "space": space, "budget": budget, "store": store, "uniform_genome": space.uniform(cfg.target_sparsity),
+        "result": result, "space": space, "budget": budget, "store": store, "uniform_genome": uniform,
         "uniform_fitness": uniform_score, "params_total": sum(p.numel() for p in model.parameters()),
-        "schedule": [dataclasses.asdict(s) for s in schedule.stages],
+        "schedule": [dataclasses.asdict(s) for s in schedule.stages], "nodes": workers_nodes,
     }

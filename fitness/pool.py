@@ -1,0 +1,144 @@
+"""Evaluator pools: the same ``evaluate_many`` interface in process or over Ray actors.
+
+Each Ray actor builds its own :class:`~fitness.evaluator.Evaluator` from an
+:class:`EvaluatorSpec` — it loads the model and opens the supernet from paths and computes its own
+teacher cache — so nothing large crosses the object store. The pool keeps one evaluation in flight
+per actor; when an actor dies mid-evaluation it is replaced and its genome resubmitted, so a search
+ends with the same evaluations as without the failure.
+
+Call order::
+
+    pool = RayPool(spec, workers=2)          # or InProcessPool(spec)
+    pool.evaluate_many(genomes, stage, on_result)
+    pool.close()
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from search.space import Genome
+
+
+@dataclass(frozen=True)
+class EvaluatorSpec:
+    """What an evaluator is built from (paths and plain values only)."""
+
+    model: str
+    supernet: str
+    tokens: str  # a safetensors file with a "tokens" tensor (N x T)
+    schedule: tuple[tuple[int, int, int], ...]
+    dtype: str = "auto"
+    device: str = "auto"
+    topk: int = 64
+    batch_size: int = 4
+    seed: int = 0
+    threads: int = 0  # torch threads in the evaluator (0 = torch's default)
+    train: dict[str, Any] = field(default_factory=dict)
+
+
+def build_evaluator(spec: EvaluatorSpec):
+    import torch
+    from safetensors.torch import load_file
+
+    from fitness.evaluator import Evaluator
+    from fitness.schedule import TokenSchedule
+    from fitness.training import TrainConfig
+    from supernet.models import load_model
+    from supernet.store import SupernetStore
+
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    device = spec.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, _ = load_model(spec.model, dtype=spec.dtype, device=torch.device(device))
+    tokens = load_file(spec.tokens)["tokens"]
+    schedule = TokenSchedule.of(spec.schedule)
+    return Evaluator(model, SupernetStore.open(spec.supernet), tokens, schedule, topk=spec.topk,
+                     batch_size=spec.batch_size, seed=spec.seed, train=TrainConfig(**spec.train),
+                     train_tokens=tokens if any(s[2] for s in spec.schedule) else None)
+
+
+class InProcessPool:
+    """One evaluator in this process (the default for tests, CPUs and tiny runs)."""
+
+    def __init__(self, spec: EvaluatorSpec | None = None, *, evaluator=None):
+        self.evaluator = evaluator if evaluator is not None else build_evaluator(spec)
+        self.survivors = self.evaluator.survivors
+
+    def evaluate_many(self, genomes: Sequence[Genome], stage: int,
+                      on_result: Callable[[int, float], None] | None = None) -> list[float]:
+        return self.evaluator.evaluate_many(genomes, stage, on_result)
+
+    def close(self) -> None:
+        pass
+
+
+class _Actor:
+    def __init__(self, spec: EvaluatorSpec):
+        self.evaluator = build_evaluator(spec)
+
+    def evaluate(self, genome: list[int], stage: int) -> tuple[float, str]:
+        import ray
+
+        return self.evaluator.evaluate(tuple(genome), stage), ray.get_runtime_context().get_node_id()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class RayPool:
+    """``workers`` Ray actors, each with ``num_gpus`` GPUs and ``num_cpus`` CPUs."""
+
+    def __init__(self, spec: EvaluatorSpec, workers: int, *, num_gpus: float = 0, num_cpus: float = 1):
+        import ray
+
+        if not ray.is_initialized():
+            raise RuntimeError("RayPool needs ray.init() first (see launch.cluster.connect)")
+        self.spec = spec
+        self.survivors = tuple(s[0] for s in spec.schedule)
+        self._cls = ray.remote(num_gpus=num_gpus, num_cpus=num_cpus, max_restarts=0)(_Actor)
+        self.actors = [self._cls.remote(spec) for _ in range(workers)]
+        self.nodes: list[str] = []  # node id of every finished evaluation, in completion order
+        self.replaced = 0
+
+    def evaluate_many(self, genomes: Sequence[Genome], stage: int,
+                      on_result: Callable[[int, float], None] | None = None) -> list[float]:
+        import ray
+        from ray.exceptions import RayActorError
+
+        scores: list[float | None] = [None] * len(genomes)
+        todo = list(range(len(genomes)))
+        running: dict[Any, tuple[int, int]] = {}  # ref -> (genome index, actor slot)
+        idle = list(range(len(self.actors)))
+        while todo or running:
+            while todo and idle:
+                i, slot = todo.pop(0), idle.pop(0)
+                running[self.actors[slot].evaluate.remote(list(genomes[i]), stage)] = (i, slot)
+            done, _ = ray.wait(list(running), num_returns=1)
+            ref = done[0]
+            i, slot = running.pop(ref)
+            try:
+                score, node = ray.get(ref)
+            except RayActorError:  # the actor died: replace it and evaluate the genome again
+                self.actors[slot] = self._cls.remote(self.spec)
+                self.replaced += 1
+                todo.insert(0, i)
+                idle.append(slot)
+                continue
+            scores[i] = score
+            self.nodes.append(node)
+            idle.append(slot)
+            if on_result is not None:
+                on_result(i, score)
+        return scores  # type: ignore[return-value]
+
+    def close(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []
