@@ -65,7 +65,7 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tolerance", type=float, default=0.01, help="budget band below the limit (fraction of dense)")
     g.add_argument("--schedule", default="4:512,2:1024,1:2048",
                    help="fitness stages survivors:tokens[:train_tokens],... or darwinlm | darwinlm-train | tyr")
-    g.add_argument("--generations", type=int, default=40, help="evolution/nsga2/tyr generations (tyr: per round)")
+    g.add_argument("--generations", type=int, default=20, help="evolution/nsga2/tyr generations (tyr: per round)")
     g.add_argument("--offspring", type=int, default=8, help="evolution/tyr offspring per generation")
     g.add_argument("--max-flips", type=int, default=3, help="level switches per mutation")
     g.add_argument("--population", type=int, default=24, help="nsga2 population")
@@ -78,7 +78,7 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--topk", type=int, default=64, help="teacher logits kept per token for KL")
     g.add_argument("--eval-batch-size", type=int, default=4, help="sequences per scoring forward")
     g.add_argument("--workers", type=int, default=0,
-                   help="Ray evaluator actors (default: one per GPU; on a CPU-only machine, 1 = in process)")
+                   help="Ray evaluator actors (default: one per GPU on multi-GPU machines, else in process)")
     g.add_argument("--ray-address", help="join this Ray cluster (or 'auto'; also $RAY_ADDRESS) for evaluation")
 
 

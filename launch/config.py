@@ -24,7 +24,7 @@ class SearchConfig:
     tolerance: float = 0.01
     schedule: str = "4:512,2:1024,1:2048"
     seed: int = 0
-    generations: int = 40
+    generations: int = 20
     offspring: int = 8
     max_flips: int = 3
     population: int = 24

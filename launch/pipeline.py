@@ -35,7 +35,7 @@ def ensure_supernet(
         return SupernetStore.open(out)
     log(f"calibration: {calib.samples} x {calib.seqlen} tokens from {calib.source}"
         + (f" ({calib.location})" if calib.location else ""))
-    tokens = calibration_tokens(calib, model, tokenizer, batch_size=cfg.batch_size, progress=progress)
+    tokens = calibration_tokens(calib, model, tokenizer, progress=progress)
     return build_supernet(model, tokens, str(out), cfg, model_name=model_name, calibration=calib.describe(),
                           progress=progress)
 
