@@ -31,7 +31,7 @@ class EvaluatorSpec:
     tokens: str  # a safetensors file with a "tokens" tensor (N x T)
     schedule: tuple[tuple[int, int, int], ...]
     dtype: str = "auto"
-    device: str = "auto"
+    device: str = "auto"  # a torch device name, or "auto": the accelerator if any
     topk: int = 64
     batch_size: int = 4
     seed: int = 0
@@ -51,10 +51,11 @@ def build_evaluator(spec: EvaluatorSpec):
 
     if spec.threads:
         torch.set_num_threads(spec.threads)
-    device = spec.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, _ = load_model(spec.model, dtype=spec.dtype, device=torch.device(device))
+    if spec.device != "auto":
+        device = torch.device(spec.device)
+    else:  # the machine's accelerator (CUDA, ...) if it has one, else where the model loads
+        device = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+    model, _ = load_model(spec.model, dtype=spec.dtype, device=device)
     tokens = load_file(spec.tokens)["tokens"]
     schedule = TokenSchedule.of(spec.schedule)
     return Evaluator(model, SupernetStore.open(spec.supernet), tokens, schedule, topk=spec.topk,

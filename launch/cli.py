@@ -175,7 +175,7 @@ def _device(name: str):
     import torch
 
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.accelerator.current_accelerator() if torch.accelerator.is_available() else torch.device("cpu")
     return torch.device(name)
 
 
