@@ -12,8 +12,14 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    return load_model("smollm2-135m")
+def smollm2(tmp_path_factory):
+    """The alias converted from the package's GGUF into an empty cache, as on a fresh machine."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SPARSEARCH_CACHE", str(tmp_path_factory.mktemp("cache")))
+    try:
+        yield load_model("smollm2-135m")
+    finally:
+        mp.undo()
 
 
 def test_alias_loads_the_default_model(smollm2):
