@@ -9,13 +9,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as st_save
 
 from fitness.data import CalibrationConfig, calibration_tokens
 from fitness.evaluator import Evaluator
 from fitness.schedule import TokenSchedule
 from launch.config import SearchConfig
 from search.budget import Budget, CostModel
+from search.checkpoint import atomic_write
 from search.engine import Result
 from search.errors import SparsearchError
 from search.space import SearchSpace
@@ -33,9 +35,14 @@ def ensure_supernet(
     """Open the finished supernet at ``out``, or build (resume) it there."""
     if SupernetStore.is_complete(out):
         return SupernetStore.open(out)
-    log(f"calibration: {calib.samples} x {calib.seqlen} tokens from {calib.source}"
-        + (f" ({calib.location})" if calib.location else ""))
-    tokens = calibration_tokens(calib, model, tokenizer, progress=progress)
+    partial = SupernetStore.partial(out)
+    tokens = partial.calibration() if partial is not None else None
+    if tokens is not None and tokens.shape == (calib.samples, calib.seqlen):
+        log(f"resuming the supernet build in {out}")
+    else:
+        log(f"calibration: {calib.samples} x {calib.seqlen} tokens from {calib.source}"
+            + (f" ({calib.location})" if calib.location else ""))
+        tokens = calibration_tokens(calib, model, tokenizer, progress=progress)
     return build_supernet(model, tokens, str(out), cfg, model_name=model_name, calibration=calib.describe(),
                           progress=progress)
 
@@ -50,8 +57,7 @@ def fitness_tokens(calib: CalibrationConfig, schedule: TokenSchedule, model, tok
         if tokens.shape == (rows, calib.seqlen):
             return tokens
     tokens = calibration_tokens(dataclasses.replace(calib, samples=rows, seed=calib.seed + 1), model, tokenizer)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_file({"tokens": tokens.contiguous()}, str(path))
+    atomic_write(path, st_save({"tokens": tokens.contiguous()}))
     return tokens
 
 

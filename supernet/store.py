@@ -62,6 +62,12 @@ class SupernetStore:
         return bool(manifest and manifest.get("complete"))
 
     @classmethod
+    def partial(cls, path: str | os.PathLike) -> "SupernetStore | None":
+        """The unfinished build at ``path``, if there is one (to resume it)."""
+        manifest = cls._read_manifest(Path(path))
+        return cls(path, manifest) if manifest and not manifest.get("complete") else None
+
+    @classmethod
     def create_or_resume(cls, path: str | os.PathLike, header: Mapping[str, Any]) -> "SupernetStore":
         """Start a build at ``path``, or resume one whose header matches ``header`` exactly."""
         path = Path(path)

@@ -170,3 +170,30 @@ def test_shipped_presets_are_valid(tmp_path, capsys):
         from launch.cli import _calibration_config, _search_config, _supernet_config
 
         _search_config(args), _supernet_config(args), _calibration_config(args)
+
+
+def test_interrupted_supernet_build_resumes_with_its_stored_calibration(capsys, tmp_path, model_dir, monkeypatch):
+    from launch import pipeline
+    from supernet.store import SupernetStore
+
+    m = str(model_dir / "model")
+    args = ["supernet", "--model", m, "--out", str(tmp_path / "sn"), "--calib-samples", "3", "--calib-seqlen", "16",
+            "--mlp-alignment", "8"]
+    original = SupernetStore.write_unit
+    calls = []
+
+    def dying(self, unit, variants):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(unit.name)
+        return original(self, unit, variants)
+
+    monkeypatch.setattr(SupernetStore, "write_unit", dying)
+    assert main(args) == 130
+    monkeypatch.setattr(SupernetStore, "write_unit", original)
+    sampled = []
+    real = pipeline.calibration_tokens
+    monkeypatch.setattr(pipeline, "calibration_tokens", lambda *a, **k: sampled.append(1) or real(*a, **k))
+    assert main(args) == 0
+    assert sampled == []  # the self-generated calibration was not sampled again
+    assert SupernetStore.open(tmp_path / "sn").manifest["complete"]
