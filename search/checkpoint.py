@@ -76,6 +76,12 @@ class Fitness(Protocol):
 class RunFiles:
     def __init__(self, run_dir: str | os.PathLike):
         self.dir = Path(run_dir)
+        self._evaluations: int | None = None  # lines in evaluations.jsonl, counted once then kept
+
+    def evaluation_count(self) -> int:
+        if self._evaluations is None:
+            self._evaluations = len(self.evaluations())
+        return self._evaluations
 
     def load_checkpoint(self) -> dict | None:
         f = self.dir / CHECKPOINT
@@ -99,12 +105,15 @@ class RunFiles:
         return _read_lines(self.dir / EVALUATIONS)
 
     def append_evaluation(self, genome: Genome, stage: int, score: float, space: str = "") -> None:
+        count = self.evaluation_count()
         self.dir.mkdir(parents=True, exist_ok=True)
         _append_line(self.dir / EVALUATIONS, {"genome": list(genome), "stage": stage, "score": score, "space": space})
+        self._evaluations = count + 1
 
     def reset(self) -> None:
         for name in (CHECKPOINT, EVALUATIONS, HISTORY):
             (self.dir / name).unlink(missing_ok=True)
+        self._evaluations = 0
 
 
 class CachedFitness:

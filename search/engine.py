@@ -102,7 +102,7 @@ class Engine(abc.ABC):
     @property
     def evaluations(self) -> int:
         """Evaluations completed in this run (resumed parts included), in every space it used."""
-        return len(self.files.evaluations())
+        return self.files.evaluation_count()
 
     # -- the shared driver ---------------------------------------------------------------------
     def run(self, *, resume: bool = False) -> Result:
@@ -152,10 +152,6 @@ class Engine(abc.ABC):
         })
 
     # -- helpers shared by engines ---------------------------------------------------------------
-    def random_feasible(self) -> Genome:
-        g = [self.rng.randrange(len(lv)) for lv in self.space.levels]
-        return self.budget.repair(g, self.rng)
-
     def start_genome(self) -> Genome:
         """The uniform genome at the budget, repaired into the feasible band if needed."""
         dense = self.budget.model.dense()

@@ -127,7 +127,9 @@ def _prune_unit(
     todo = not store.has_unit(unit)
     with InputHessian(out_proj) if todo else contextlib.nullcontext() as hess:
         dense_out = [run(dense, b) for b in range(len(residual))]
-    if todo:
-        store.write_unit(unit, cast_variants(prune(hess.H), getattr(torch, cfg.store_dtype)))
-    variants = store.read_variants(unit)
+    if todo:  # rounded to the store's dtype, so they equal what a resumed build reads back
+        variants = cast_variants(prune(hess.H), getattr(torch, cfg.store_dtype))
+        store.write_unit(unit, variants)
+    else:
+        variants = store.read_variants(unit)
     return next_hidden(residual, dense_out, variants, make_module, run, accumulate=cfg.error_accumulation)
