@@ -15,7 +15,6 @@ Call order::
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -86,9 +85,6 @@ class _Actor:
         import ray
 
         return self.evaluator.evaluate(tuple(genome), stage), ray.get_runtime_context().get_node_id()
-
-    def pid(self) -> int:
-        return os.getpid()
 
 
 class RayPool:

@@ -56,10 +56,6 @@ class DecoderAdapter:
         )
 
     @property
-    def decoder(self) -> nn.Module:
-        return self.model.model
-
-    @property
     def layers(self) -> nn.ModuleList:
         return self.model.model.layers
 
@@ -73,9 +69,3 @@ class DecoderAdapter:
     def rotary_fn(attention: nn.Module) -> Callable:
         """The architecture's own ``apply_rotary_pos_emb`` (so pruned heads rotate bit-identically)."""
         return importlib.import_module(type(attention).__module__).apply_rotary_pos_emb
-
-    def attention_bias(self, layer: int) -> bool:
-        return self.attention(layer).q_proj.bias is not None
-
-    def mlp_bias(self, layer: int) -> bool:
-        return self.mlp(layer).gate_proj.bias is not None

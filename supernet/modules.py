@@ -49,10 +49,6 @@ class PrunedAttention(nn.Module):
         self.register_buffer("kv_index", tensors["kv_index"].to(device=source.q_proj.weight.device, dtype=torch.long))
         self._rotary = rotary_fn
 
-    @property
-    def num_heads(self) -> int:
-        return self.kv_index.numel()
-
     def forward(
         self,
         hidden_states: Tensor,
@@ -96,10 +92,6 @@ class PrunedMLP(nn.Module):
             tensors["down_proj.weight"], None if d_bias is None else d_bias.detach(), source.down_proj
         )
         self.act_fn = source.act_fn
-
-    @property
-    def channels(self) -> int:
-        return self.gate_proj.out_features
 
     def forward(self, x: Tensor) -> Tensor:
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
