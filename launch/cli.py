@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from launch.config import ENGINES
+from launch.config import BASELINES, ENGINES, INITS
 from search.errors import SparsearchError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -59,7 +59,11 @@ def _supernet_args(p: argparse.ArgumentParser) -> None:
 def _search_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("search")
     g.add_argument("--target-sparsity", type=float, default=0.5, help="fraction of prunable parameters removed")
-    g.add_argument("--engine", default="evolution", choices=list(ENGINES), help="search engine (default evolution)")
+    g.add_argument("--engine", default="evolution", choices=list(ENGINES),
+                   help="search engine (default evolution), or a one-shot baseline: uniform, owl, flap")
+    g.add_argument("--init", default="uniform", choices=list(INITS),
+                   help="where a search starts: a baseline's allocation, or best (the baseline with the lowest KL)")
+    g.add_argument("--baseline-samples", type=int, default=32, help="calibration sequences OWL/FLAP score")
     g.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
     g.add_argument("--cost", default="params", choices=["params", "flops"], help="what the budget limits")
     g.add_argument("--tolerance", type=float, default=0.01, help="budget band below the limit (fraction of dense)")
@@ -284,7 +288,7 @@ def _search_config(args: argparse.Namespace):
         schedule=args.schedule, seed=args.seed, generations=args.generations, offspring=args.offspring,
         max_flips=args.max_flips, population=args.population, blocks=args.blocks, trials=args.trials,
         storage=args.storage, study_name=args.study_name, budget_mode=args.budget_mode, rounds=args.rounds,
-        topk=args.topk, eval_batch_size=args.eval_batch_size,
+        topk=args.topk, eval_batch_size=args.eval_batch_size, init=args.init, baseline_samples=args.baseline_samples,
     )
 
 
@@ -296,7 +300,7 @@ def _search_and_report(args, model, tokenizer, store, started: float) -> int:
     from launch import pipeline, report
 
     run_dir = Path(args.run_dir)
-    if args.resume and not (run_dir / "checkpoint.json").is_file() and args.engine != "uniform":
+    if args.resume and not (run_dir / "checkpoint.json").is_file() and args.engine not in BASELINES:
         _log(args)(f"nothing to resume in {run_dir}: starting a new run")
     from supernet.config import SupernetConfig
 

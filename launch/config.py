@@ -9,14 +9,19 @@ from fitness.schedule import TokenSchedule
 from search.budget import COST_KINDS
 from search.errors import SparsearchError
 
-ENGINES = ("evolution", "nsga2", "tpe", "tyr", "uniform")
+BASELINES = ("uniform", "owl", "flap")
+ENGINES = ("evolution", "nsga2", "tpe", "tyr") + BASELINES
+INITS = BASELINES + ("best",)
 
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """engine: evolution | nsga2 | tpe | tyr | uniform (no search: the uniform allocation).
-    target_sparsity: fraction of the prunable cost removed; tolerance: the budget band below the
-    limit, as a fraction of the dense cost; schedule: fitness stages (see fitness.schedule)."""
+    """engine: a search engine (evolution | nsga2 | tpe | tyr) or a one-shot baseline allocation
+    (uniform | owl | flap: no search). init: where a search starts (a baseline's allocation, or
+    ``best``: the baseline with the lowest final-stage fitness). baseline_samples: calibration
+    sequences that OWL/FLAP score activations on. target_sparsity: fraction of the prunable cost
+    removed; tolerance: the budget band below the limit, as a fraction of the dense cost;
+    schedule: fitness stages (see fitness.schedule)."""
 
     engine: str = "evolution"
     target_sparsity: float = 0.5
@@ -36,12 +41,18 @@ class SearchConfig:
     rounds: int = 4
     topk: int = 64
     eval_batch_size: int = 4
+    init: str = "uniform"
+    baseline_samples: int = 32
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise SparsearchError(f"unknown engine {self.engine!r}; choose from {', '.join(ENGINES)}")
         if not 0.0 < self.target_sparsity < 1.0:
             raise SparsearchError(f"--target-sparsity must be within (0, 1), got {self.target_sparsity}")
+        if self.init not in INITS:
+            raise SparsearchError(f"unknown --init {self.init!r}; choose from {', '.join(INITS)}")
+        if self.baseline_samples < 1:
+            raise SparsearchError(f"--baseline-samples must be >= 1, got {self.baseline_samples}")
         if self.cost not in COST_KINDS[:2]:
             raise SparsearchError(f"--cost must be params or flops, got {self.cost!r}")
         if not 0.0 <= self.tolerance < 1.0:

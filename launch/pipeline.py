@@ -15,12 +15,12 @@ from safetensors.torch import save as st_save
 from fitness.data import CalibrationConfig, calibration_tokens
 from fitness.evaluator import Evaluator
 from fitness.schedule import TokenSchedule
-from launch.config import SearchConfig
+from launch.config import BASELINES, SearchConfig
 from search.budget import Budget, CostModel
 from search.checkpoint import atomic_write
 from search.engine import Result
 from search.errors import SparsearchError
-from search.space import SearchSpace
+from search.space import Genome, SearchSpace
 from supernet.build import build_supernet
 from supernet.config import SupernetConfig
 from supernet.store import SupernetStore
@@ -64,6 +64,40 @@ def fitness_tokens(calib: CalibrationConfig, schedule: TokenSchedule, model, tok
 def make_budget(space: SearchSpace, cfg: SearchConfig, head_dim: int, context: int) -> Budget:
     model = CostModel.params(space) if cfg.cost == "params" else CostModel.flops(space, head_dim=head_dim, context=context)
     return Budget.from_sparsity(model, cfg.target_sparsity, cfg.tolerance)
+
+
+def baseline_calibration(store: SupernetStore, calib: CalibrationConfig, samples: int, model, tokenizer) -> torch.Tensor:
+    """Tokens that OWL/FLAP score activations on: the supernet's own calibration tokens when it
+    keeps them, else ``samples`` sequences drawn from the run's calibration source."""
+    tokens = store.calibration()
+    if tokens is None:
+        return calibration_tokens(dataclasses.replace(calib, samples=samples), model, tokenizer)
+    return tokens[:samples]
+
+
+def baseline_genomes(
+    names: tuple[str, ...], model, space: SearchSpace, budget: Budget, target: float, tokens: torch.Tensor | None,
+    *, seed: int, batch_size: int,
+) -> dict[str, Genome]:
+    """One-shot allocations (no fitness evaluated) on ``space`` under ``budget``; ``model`` must be dense."""
+    import random
+
+    from supernet.flap import flap_genome
+    from supernet.owl import owl_genome
+
+    out = {}
+    for name in names:
+        rng = random.Random(seed)
+        if name == "uniform":
+            uniform = space.uniform(target)
+            out[name] = uniform if budget.feasible(uniform) else budget.repair(uniform, rng)
+        elif name == "owl":
+            out[name] = owl_genome(model, space, budget, tokens, target, rng, batch_size=batch_size)[0]
+        elif name == "flap":
+            out[name] = flap_genome(model, space, budget, tokens, rng, batch_size=batch_size)[0]
+        else:
+            raise SparsearchError(f"unknown baseline {name!r}")
+    return out
 
 
 def search(
@@ -117,13 +151,30 @@ def search(
     budget_of = lambda sp: make_budget(sp, cfg, shape["head_dim"], calib.seqlen)  # noqa: E731
     budget = budget_of(space)
     final = len(schedule) - 1
+    wanted = (cfg.engine,) if cfg.engine in BASELINES else {"uniform": (), "best": BASELINES}.get(cfg.init, (cfg.init,))
+    calib_tokens = None
+    if set(wanted) - {"uniform"}:
+        log(f"baselines: scoring {', '.join(n for n in wanted if n != 'uniform')} on {cfg.baseline_samples} "
+            "calibration sequences")
+        calib_tokens = baseline_calibration(store, calib, cfg.baseline_samples, model, tokenizer)
+    starts = baseline_genomes(tuple(wanted), model, space, budget, cfg.target_sparsity, calib_tokens, seed=cfg.seed,
+                              batch_size=cfg.eval_batch_size)
     state = {"store": store, "fitness": fitness_for(store)}
+    baselines: dict[str, dict[str, Any]] = {}
     try:
-        if cfg.engine == "uniform":
-            uniform = space.uniform(cfg.target_sparsity)
-            score = state["fitness"].evaluate_many([uniform], final)[0]
-            result = Result(uniform, score, 1, round(time.perf_counter() - started, 3))
+        if starts:
+            names = list(starts)
+            scores = state["fitness"].evaluate_many([starts[n] for n in names], final)
+            baselines = {n: {"genome": list(starts[n]), "kl": sc, "sparsity": space.sparsity(starts[n])}
+                         for n, sc in zip(names, scores)}
+            for n in names:
+                log(f"baseline {n}: sparsity {baselines[n]['sparsity']:.4f}, KL {baselines[n]['kl']:.5f}")
+        if cfg.engine in BASELINES:
+            result = Result(starts[cfg.engine], baselines[cfg.engine]["kl"], 1, round(time.perf_counter() - started, 3))
         else:
+            start = min(starts, key=lambda n: baselines[n]["kl"]) if starts else None
+            if start is not None:
+                log(f"{cfg.engine}: starting from the {start} allocation")
             classes = {"evolution": EvolutionEngine, "nsga2": NSGA2Engine, "tpe": TPEEngine, "tyr": TyrEngine}
             extra: dict[str, Any] = {}
             if cfg.engine == "tyr":
@@ -147,8 +198,9 @@ def search(
 
                 extra = {"rebuild": rebuild, "make_budget": budget_of}
             engine = classes[cfg.engine](space, budget, state["fitness"], cfg.engine_config(), run_dir=str(run_dir),
-                                         seed=cfg.seed, log=log, **extra)
+                                         seed=cfg.seed, log=log, start=starts.get(start), **extra)
             result = engine.run(resume=resume)
+            result = dataclasses.replace(result, evaluations=result.evaluations + len(starts))
             space, budget = engine.space, engine.budget
         store, fit = state["store"], state["fitness"]
         uniform = space.uniform(cfg.target_sparsity)
@@ -163,4 +215,5 @@ def search(
         "result": result, "space": space, "budget": budget, "store": store, "uniform_genome": uniform,
         "uniform_fitness": uniform_score, "params_total": sum(p.numel() for p in model.parameters()),
         "schedule": [dataclasses.asdict(s) for s in schedule.stages], "nodes": workers_nodes,
+        "baselines": baselines,
     }

@@ -29,6 +29,7 @@ def build_summary(found: dict[str, Any], *, model: str, engine: str, target_spar
                     "schedule": found["schedule"]},
         "uniform": {"genome": list(found["uniform_genome"]), "sparsity": space.sparsity(found["uniform_genome"]),
                     "kl": found["uniform_fitness"]},
+        "baselines": found.get("baselines", {}),
         "evaluations": result.evaluations,
         "per_layer": space.per_layer(g),
         "pareto": result.pareto,

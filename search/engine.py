@@ -2,7 +2,8 @@
 
 Call order (all driven by :meth:`Engine.run`)::
 
-    engine = SomeEngine(space, budget, fitness, config, run_dir=R, seed=S)   # nothing evaluated yet
+    engine = SomeEngine(space, budget, fitness, config, run_dir=R, seed=S,  # nothing evaluated yet
+                        start=None)   # or a genome to start from instead of the uniform one
     result = engine.run(resume=False)
         # resume and a checkpoint in R  -> engine.load_state(checkpoint["state"])
         # otherwise                     -> engine.initialize()
@@ -62,7 +63,11 @@ class Engine(abc.ABC):
         run_dir: str,
         seed: int = 0,
         log: Callable[[str], None] | None = print,
+        start: Genome | None = None,
     ):
+        if start is not None:
+            space.validate(tuple(start))
+        self.start = None if start is None else tuple(start)
         self.space = space
         self.budget = budget
         self.config = config
@@ -153,7 +158,10 @@ class Engine(abc.ABC):
 
     # -- helpers shared by engines ---------------------------------------------------------------
     def start_genome(self) -> Genome:
-        """The uniform genome at the budget, repaired into the feasible band if needed."""
+        """The genome the search starts from: ``start`` if one was given (e.g. a baseline's
+        allocation), else the uniform genome at the budget; repaired into the band if needed."""
+        if self.start is not None:
+            return self.start if self.budget.feasible(self.start) else self.budget.repair(self.start, self.rng)
         dense = self.budget.model.dense()
         target = 1.0 - self.budget.limit / dense if dense else 0.0
         return self.budget.repair(self.space.uniform(target), self.rng)

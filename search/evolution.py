@@ -1,9 +1,10 @@
 """Evolutionary search with staged selection (DarwinLM / EvoPress).
 
-A (1 + lambda) scheme: the parent starts as the uniform genome; each generation makes ``offspring``
-level-switch mutants of it, scores them stage by stage on the fitness schedule (each stage keeps
-its ``survivors`` best for the next, costlier stage), and the best finalist replaces the parent
-only if it beats the parent at the final stage (elitism: the parent always reaches the final stage).
+A (1 + lambda) scheme: the parent starts as the uniform genome (or a given start genome, e.g. the
+best one-shot baseline); each generation makes ``offspring`` level-switch mutants of it, scores
+them stage by stage on the fitness schedule (each stage keeps its ``survivors`` best for the next,
+costlier stage), and the best finalist replaces the parent only if it beats the parent at the final
+stage (elitism: the parent always reaches the final stage).
 """
 
 from __future__ import annotations

@@ -139,11 +139,18 @@ class SearchSpace:
     def uniform(self, target_sparsity: float) -> Genome:
         """Every unit at the level whose kept parameters are closest to ``1 - target_sparsity`` of
         its dense parameters (ties go to the sparser level)."""
-        if not 0.0 <= target_sparsity <= 1.0:
-            raise SparsearchError(f"target sparsity must be within [0, 1], got {target_sparsity}")
+        return self.nearest([target_sparsity] * len(self.units))
+
+    def nearest(self, sparsities: Sequence[float]) -> Genome:
+        """Per unit, the level whose kept parameters are closest to ``1 - sparsity`` of its dense
+        parameters (ties go to the sparser level)."""
+        if len(sparsities) != len(self.units):
+            raise SparsearchError(f"{len(sparsities)} sparsities for {len(self.units)} units")
         genome = []
-        for lv in self.levels:
-            goal = (1.0 - target_sparsity) * lv[0].params
+        for lv, s in zip(self.levels, sparsities):
+            if not 0.0 <= s <= 1.0:
+                raise SparsearchError(f"target sparsity must be within [0, 1], got {s}")
+            goal = (1.0 - s) * lv[0].params
             genome.append(min(range(len(lv)), key=lambda i: (abs(lv[i].params - goal), lv[i].params)))
         return tuple(genome)
 

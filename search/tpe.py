@@ -1,7 +1,7 @@
 """Optuna TPE over per-unit levels, driven by ask/tell on the driver.
 
-One integer parameter per unit (its level; levels are ordered by sparsity). The uniform genome is
-enqueued as the first trial. The study lives in Optuna storage: a journal file in the run
+One integer parameter per unit (its level; levels are ordered by sparsity). The start genome (uniform,
+or a given one) is enqueued as the first trial. The study lives in Optuna storage: a journal file in the run
 directory by default (``optuna.log``), or any Optuna RDB URL (sqlite, PostgreSQL); ``resume``
 continues the same study (``load_if_exists``), and a trial left running by a killed driver is
 finished from the evaluation cache.

@@ -103,3 +103,52 @@ def run_attention(layer: nn.Module, attn: nn.Module, hidden: Tensor, kwargs: dic
 def run_mlp(layer: nn.Module, mlp: nn.Module, hidden: Tensor) -> Tensor:
     """Output of an MLP block (without the residual) on the hidden states after attention."""
     return mlp(layer.post_attention_layernorm(hidden))
+
+
+class InputMoments:
+    """Context manager summing, per input feature of each of ``linears``, ``x`` and ``x**2``
+    (float64) over the tokens that pass while active: the activation statistics that score-based
+    allocations (OWL's outlier ratios, FLAP's fluctuation) need, without storing activations."""
+
+    def __init__(self, linears: dict[str, nn.Linear]):
+        self.linears = linears
+        self.sum = {n: torch.zeros(l.in_features, dtype=torch.float64, device=l.weight.device) for n, l in linears.items()}
+        self.sq = {n: torch.zeros_like(s) for n, s in self.sum.items()}
+        self.tokens = dict.fromkeys(linears, 0)
+
+    def _hook(self, name: str) -> Callable:
+        def hook(_mod, args):
+            x = args[0].detach().reshape(-1, self.sum[name].shape[0]).to(torch.float64)
+            self.sum[name] += x.sum(0)
+            self.sq[name] += x.square().sum(0)
+            self.tokens[name] += x.shape[0]
+
+        return hook
+
+    def __enter__(self) -> "InputMoments":
+        self._handles = [l.register_forward_pre_hook(self._hook(n)) for n, l in self.linears.items()]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+
+    def sq_norm(self, name: str) -> Tensor:
+        """Per feature, the mean of ``x**2`` over tokens (Wanda's squared input norm, per token)."""
+        return (self.sq[name] / max(self.tokens[name], 1)).to(torch.float32)
+
+    def variance(self, name: str) -> Tensor:
+        """Per feature, the variance of ``x`` over tokens (FLAP's fluctuation of an input channel)."""
+        n = max(self.tokens[name], 1)
+        mean = self.sum[name] / n
+        return (self.sq[name] / n - mean.square()).clamp_min(0.0).to(torch.float32)
+
+
+@torch.no_grad()
+def input_moments(model: nn.Module, linears: dict[str, nn.Linear], tokens: Tensor, batch_size: int) -> InputMoments:
+    """Run the model over ``tokens`` and return the per-feature input moments of ``linears``."""
+    device = next(model.parameters()).device
+    with InputMoments(linears) as moments:
+        for start in range(0, tokens.shape[0], batch_size):
+            model(input_ids=tokens[start : start + batch_size].to(device), use_cache=False)
+    return moments

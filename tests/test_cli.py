@@ -137,7 +137,7 @@ def test_unreachable_hub_id_is_one_line_error(capsys, tmp_path, monkeypatch):
     assert "could not load model 'no-such-org/no-such-model' from the hub" in _one_error_line(capsys, code)
 
 
-@pytest.mark.parametrize("engine", ["nsga2", "tpe", "tyr", "uniform"])
+@pytest.mark.parametrize("engine", ["nsga2", "tpe", "tyr", "uniform", "owl", "flap"])
 def test_search_command_engines_and_resume(engine, capsys, tmp_path, model_dir):
     m, text = str(model_dir / "model"), str(model_dir / "text.txt")
     sn = tmp_path / "sn"
@@ -157,6 +157,29 @@ def test_search_command_engines_and_resume(engine, capsys, tmp_path, model_dir):
     if engine == "tyr":
         assert (run / "tyr" / "round1" / "manifest.json").is_file()
         assert first["supernet"].endswith("round1")
+    if engine in ("uniform", "owl", "flap"):
+        assert first["evaluations"] == 1 and first["baselines"][engine]["genome"] == first["best_genome"]
+        assert first["fitness"]["kl"] == first["baselines"][engine]["kl"]
+
+
+def test_search_can_start_from_the_best_baseline(capsys, tmp_path, model_dir):
+    m, text = str(model_dir / "model"), str(model_dir / "text.txt")
+    common = ["--model", m, "--calib-text", text, "--calib-samples", "4", "--calib-seqlen", "32", "--quiet"]
+    sn = tmp_path / "sn"
+    assert main(["supernet", *common, "--out", str(sn), "--mlp-alignment", "8"]) == 0
+    run = tmp_path / "run"
+    assert main(["search", *common, "--supernet", str(sn), "--run-dir", str(run), "--engine", "evolution",
+                 "--init", "best", "--schedule", "2:64,1:128", "--generations", "2", "--offspring", "3",
+                 "--target-sparsity", "0.5"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    baselines = summary["baselines"]
+    assert set(baselines) == {"uniform", "owl", "flap"}
+    for b in baselines.values():
+        assert summary["target_sparsity"] <= b["sparsity"] <= summary["target_sparsity"] + 0.01 + 1e-9
+    # elitism from the best baseline: the search never ends worse than its start
+    assert summary["fitness"]["kl"] <= min(b["kl"] for b in baselines.values()) + 1e-9
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert history[0]["evaluations"] + 3 <= summary["evaluations"]  # the baselines' evaluations are counted
 
 
 def test_shipped_presets_are_valid(tmp_path, capsys):

@@ -1,0 +1,121 @@
+"""End-to-end benchmark on the default model (SmolLM2-135M): at each target sparsity, the one-shot
+baselines (uniform, OWL, FLAP) and the searched genomes (evolution, TPE), all on the same supernet
+and budget, each run through the product's own ``sparsearch search``; then the WikiText-2 test
+perplexity of every genome. Prints one JSON object (also written to OUT/end_to_end.json).
+
+    python bench/end_to_end_smollm2.py --supernet bench/out/smollm2-with_accumulation \\
+        [--targets 0.25,0.5] [--generations 30] [--offspring 16] [--trials 120] [--eval-tokens 32768]
+
+A run whose ``summary.json`` already exists under OUT is reused, so an interrupted benchmark continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+BASELINES = ("uniform", "owl", "flap")
+SEARCHES = ("evolution", "tpe")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--supernet", required=True)
+    p.add_argument("--targets", default="0.25,0.5")
+    p.add_argument("--methods", default=",".join(BASELINES + SEARCHES))
+    p.add_argument("--generations", type=int, default=30)
+    p.add_argument("--offspring", type=int, default=16)
+    p.add_argument("--schedule", default="4:256,2:1024,1:2048")
+    p.add_argument("--trials", type=int, default=120)
+    p.add_argument("--init", default="best", help="where evolution starts (tpe enqueues the same genome)")
+    p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
+    p.add_argument("--eval-tokens", type=int, default=32768)
+    p.add_argument("--out", default=str(ROOT / "bench" / "out" / "end_to_end"))
+    args = p.parse_args()
+
+    import torch
+
+    from fitness.data import read_text, tokenize_text
+    from fitness.metrics import eval_windows, perplexity
+    from launch.cli import main as cli
+    from supernet.models import load_model
+    from supernet.stitch import Stitcher
+    from supernet.store import SupernetStore
+
+    torch.set_num_threads(2)
+    out = Path(args.out)
+    calib = str(Path(args.data_dir) / "calibration" / "python-docs.txt")
+    targets = [float(t) for t in args.targets.split(",")]
+    methods = args.methods.split(",")
+    summaries: dict[float, dict[str, dict]] = {}
+    for target in targets:
+        for method in methods:
+            run_dir = out / f"{target}" / method
+            if not (run_dir / "summary.json").is_file():
+                log(f"{method} at {target}")
+                extra = ["--init", args.init] if method in SEARCHES else []
+                code = cli(["search", "--supernet", args.supernet, "--run-dir", str(run_dir), "--engine", method,
+                            "--target-sparsity", str(target), "--generations", str(args.generations),
+                            "--offspring", str(args.offspring), "--trials", str(args.trials),
+                            "--schedule", args.schedule, "--calib-text", calib, "--calib-seqlen", "512",
+                            "--quiet", *extra])
+                if code:
+                    raise SystemExit(code)
+            summaries.setdefault(target, {})[method] = json.loads((run_dir / "summary.json").read_text())
+
+    model, tok = load_model("smollm2-135m")
+    windows = eval_windows(tokenize_text(read_text(Path(args.data_dir) / "wikitext-2-raw" / "wiki.test.raw"), tok),
+                           512, args.eval_tokens)
+    stitcher = Stitcher(model, SupernetStore.open(args.supernet))
+    cache: dict[tuple[int, ...], float] = {}
+
+    def ppl(genome: list[int]) -> float:
+        key = tuple(genome)
+        if key not in cache:
+            stitcher.apply(key)
+            cache[key] = round(perplexity(model, windows)["perplexity"], 2)
+            log(f"perplexity {cache[key]} (sparsity {stitcher.space.sparsity(key):.4f})")
+        return cache[key]
+
+    report: dict = {"model": "smollm2-135m", "supernet": args.supernet, "eval_tokens": int(windows.numel()),
+                    "search": {"generations": args.generations, "offspring": args.offspring,
+                               "schedule": args.schedule, "trials": args.trials, "init": args.init},
+                    "dense_wikitext2_ppl": ppl(list(stitcher.space.dense)), "targets": {}}
+    for target in targets:
+        rows = {}
+        for method, s in summaries[target].items():
+            rows[method] = {"sparsity": round(s["sparsity"], 4), "kl": round(s["fitness"]["kl"], 4),
+                            "wikitext2_ppl": ppl(s["best_genome"]), "evaluations": s["evaluations"],
+                            "wall_time_s": s["wall_time_s"]}
+            if method in SEARCHES:
+                rows[method]["started_from"] = min(s["baselines"], key=lambda n: s["baselines"][n]["kl"]) \
+                    if s.get("baselines") else "uniform"
+        entry: dict = {"methods": rows}
+        base = [m for m in BASELINES if m in rows and m != "uniform"]
+        best_base = min(base, key=lambda m: rows[m]["wikitext2_ppl"]) if base else None
+        for m in SEARCHES:
+            if m not in rows:
+                continue
+            if "uniform" in rows:
+                entry[f"{m}_over_uniform"] = round(rows[m]["wikitext2_ppl"] / rows["uniform"]["wikitext2_ppl"], 3)
+            if best_base:
+                entry[f"{m}_over_best_baseline"] = round(rows[m]["wikitext2_ppl"] / rows[best_base]["wikitext2_ppl"], 3)
+        entry["best_baseline"] = best_base
+        report["targets"][str(target)] = entry
+    text = json.dumps(report, indent=1)
+    (out / "end_to_end.json").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""FLAP: fluctuation-based adaptive structured pruning (An et al., AAAI 2024, arXiv 2312.11983).
+
+An input channel of ``o_proj`` (attention) or ``down_proj`` (MLP) is scored by its *fluctuation*:
+the variance of the channel over calibration tokens times the squared norm of its weight column,
+i.e. how much the block's output would move if the channel were replaced by its mean. Scores are
+standardised within each layer's block (zero mean, unit variance over its channels); an attention
+head scores the mean of its channels. One global threshold over all heads and channels then
+decides how many groups each unit keeps, so whole blocks can go; :func:`search.allocation.from_scores`
+finds the threshold that spends the run's budget on the supernet's ladders.
+
+FLAP's bias compensation is not used: the supernet's variants carry their own least-squares refit.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from torch import nn
+
+from search.allocation import from_scores
+from search.budget import Budget
+from search.space import Genome, SearchSpace
+from supernet.adapters import DecoderAdapter
+from supernet.capture import input_moments
+
+
+def _standardise(x: torch.Tensor) -> torch.Tensor:
+    std = x.std()
+    return (x - x.mean()) / std if std > 0 else x - x.mean()
+
+
+@torch.no_grad()
+def fluctuation_scores(model: nn.Module, tokens: torch.Tensor, *, batch_size: int = 4) -> dict[tuple[int, str], list[float]]:
+    """Standardised fluctuation scores: per (layer, "attn") one per query head, per (layer, "mlp")
+    one per intermediate channel."""
+    adapter = DecoderAdapter(model)
+    linears = {}
+    for i in range(len(adapter.layers)):
+        linears[f"{i}.attn"] = adapter.attention(i).o_proj
+        linears[f"{i}.mlp"] = adapter.mlp(i).down_proj
+    moments = input_moments(model, linears, tokens, batch_size)
+    heads, head_dim = adapter.shape.num_heads, adapter.shape.head_dim
+    scores = {}
+    for name, lin in linears.items():
+        fluct = moments.variance(name) * lin.weight.float().square().sum(0)
+        z = _standardise(fluct)
+        layer, kind = name.split(".")
+        if kind == "attn":
+            z = z.reshape(heads, head_dim).mean(1)
+        scores[(int(layer), kind)] = z.tolist()
+    return scores
+
+
+def flap_genome(
+    model: nn.Module, space: SearchSpace, budget: Budget, tokens: torch.Tensor, rng: random.Random, *, batch_size: int = 4
+) -> tuple[Genome, dict]:
+    """The FLAP allocation on ``space`` under ``budget``."""
+    scores = fluctuation_scores(model, tokens, batch_size=batch_size)
+    genome = from_scores(space, budget, [scores[(u.layer, u.kind)] for u in space.units], rng)
+    return genome, {}
