@@ -10,7 +10,8 @@ Call order (all driven by :meth:`Engine.run`)::
         # while not engine.done():
         #     record = engine.step()            one generation / trial; evaluates via self.fitness
         #     checkpoint (engine.state()), one history.jsonl line (record), one log line
-        # engine.result()
+        # engine.finish()                       e.g. re-score finalists on the final stage
+        # engine.best() -> Result
 
 Engines are deterministic given ``seed`` and the fitness: all randomness comes from ``self.rng``
 (a :class:`random.Random` whose state is checkpointed), and every evaluation goes through
@@ -101,6 +102,10 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def set_state(self, state: dict[str, Any]) -> None: ...
 
+    def finish(self) -> None:
+        """Called once after the last step, before :meth:`best` gives the result (e.g. to score
+        finalists on the final stage). Must be deterministic given the evaluation cache."""
+
     def pareto(self) -> list[dict[str, Any]]:
         return []
 
@@ -141,6 +146,7 @@ class Engine(abc.ABC):
             self.files.append_history(record)
             self._checkpoint(elapsed + time.perf_counter() - started)
             self.log(self.describe(record))
+        self.finish()
         best_genome, best_fit = self.best()
         return Result(best_genome, best_fit, self.evaluations,
                       round(elapsed + time.perf_counter() - started, 3), self.pareto())

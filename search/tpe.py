@@ -17,6 +17,11 @@ Budget handling (``budget_mode``):
   the limit is told a penalty without being scored, and TPE learns the feasible region from the
   violations (cheap trials, useful when evaluations are costly and the budget loose).
 
+Trials are scored on fitness stage ``stage`` (default 0, the cheapest). At the end, the
+``finalists`` best distinct feasible trials are scored again on the schedule's final stage and the
+best of them is the result (its fitness is then comparable with other engines'; a cheap stage's
+best score is biased low by selection).
+
 Each trial's sampler is seeded from the run seed and the trial number, so a resumed study draws
 exactly what an uninterrupted one would.
 """
@@ -46,11 +51,12 @@ class TPEConfig:
     stage: int = 0
     startup_trials: int = 10
     penalty: float = 1e6
+    finalists: int = 4
 
     def __post_init__(self) -> None:
         if self.budget_mode not in BUDGET_MODES:
             raise ValueError(f"budget_mode must be one of {BUDGET_MODES}, got {self.budget_mode!r}")
-        if self.trials < 1 or self.startup_trials < 0 or self.stage < 0:
+        if self.trials < 1 or self.startup_trials < 0 or self.stage < 0 or self.finalists < 0:
             raise ValueError(f"bad tpe config {self}")
 
 
@@ -119,6 +125,20 @@ class TPEEngine(Engine):
         self.study.tell(trial, value)
         record["value"] = value
         return record
+
+    def finish(self) -> None:
+        final = len(self.fitness.survivors) - 1
+        if not self.config.finalists or self.config.stage >= final:
+            return
+        done = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        ranked = sorted((t for t in done if t.value < self.config.penalty), key=lambda t: (t.value, t.number))
+        genomes = [g for g in dict.fromkeys(tuple(t.user_attrs["genome"]) for t in ranked) if self.budget.feasible(g)]
+        genomes = genomes[: self.config.finalists]
+        if genomes:
+            scores = self.fitness.evaluate(genomes, final)
+            i = min(range(len(genomes)), key=lambda k: (scores[k], k))
+            self.best_seen = (list(genomes[i]), scores[i])
+            self.log(f"tpe: {len(genomes)} finalists scored on stage {final}; best {scores[i]:.5f}")
 
     def best(self) -> tuple[Genome, float]:
         if self.best_seen is None:

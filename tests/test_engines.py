@@ -140,6 +140,17 @@ def test_tpe_study_is_a_readable_optuna_study(tmp_path):
     assert json.dumps(first.user_attrs["genome"])
 
 
+def test_tpe_result_is_the_best_finalist_on_the_final_stage(tmp_path):
+    engine, fitness = _engine("tpe", tmp_path)
+    result = engine.run()
+    trials = sorted((t for t in engine.study.trials if t.value < 1e6), key=lambda t: (t.value, t.number))
+    top = list(dict.fromkeys(tuple(t.user_attrs["genome"]) for t in trials))[:4]
+    assert result.best_genome in top
+    # the final stage is noise-free: the reported fitness is the genome's true value, the best of the four
+    assert result.best_fitness == pytest.approx(fitness.true(result.best_genome))
+    assert result.best_fitness == pytest.approx(min(fitness.true(g) for g in top))
+
+
 def test_tpe_with_sqlite_storage(tmp_path):
     space = synthetic_space()
     budget = Budget.from_sparsity(CostModel.params(space), 0.5, tolerance=0.02)
