@@ -84,6 +84,11 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=int, default=0,
                    help="Ray evaluator actors (default: one per GPU on multi-GPU machines, else in process)")
     g.add_argument("--ray-address", help="join this Ray cluster (or 'auto'; also $RAY_ADDRESS) for evaluation")
+    g.add_argument("--eval-text", metavar="FILE",
+                   help="held-out text: the summary gets the perplexity of the best and the uniform genome on it")
+    g.add_argument("--eval-seqlen", type=int, default=512, help="window length for --eval-text")
+    g.add_argument("--eval-tokens", type=int, default=65536, metavar="N",
+                   help="score the first N tokens of --eval-text (0 = all)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -296,6 +301,36 @@ def _log(args: argparse.Namespace):
     return (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
 
 
+def _heldout_text(args: argparse.Namespace) -> str | None:
+    """The --eval-text file's text, read before the search so that a bad path fails early."""
+    from fitness.data import read_text
+
+    if not args.eval_text:
+        return None
+    if args.eval_seqlen < 2 or args.eval_tokens < 0:
+        raise SparsearchError("--eval-seqlen must be >= 2 and --eval-tokens >= 0")
+    return read_text(args.eval_text)
+
+
+def _heldout(args: argparse.Namespace, text: str, model, tokenizer, found: dict) -> dict[str, Any]:
+    """Perplexity on held-out text of the best genome (the model as the search left it) and of
+    the uniform genome; the model is stitched back to the best genome."""
+    from fitness.data import tokenize_text
+    from fitness.metrics import eval_windows, perplexity
+
+    windows = eval_windows(tokenize_text(text, tokenizer), args.eval_seqlen, args.eval_tokens or None)
+    if windows.shape[0] == 0:
+        raise SparsearchError(f"{args.eval_text} has fewer than {args.eval_seqlen} tokens")
+    _log(args)(f"held-out perplexity on {windows.shape[0]} windows of {args.eval_text}")
+    best = perplexity(model, windows, batch_size=args.eval_batch_size)
+    stitcher = found["stitcher"]
+    stitcher.apply(tuple(found["uniform_genome"]))
+    uniform = perplexity(model, windows, batch_size=args.eval_batch_size)
+    stitcher.apply(tuple(found["result"].best_genome))
+    return {"data": args.eval_text, "tokens": best["tokens"], "seqlen": args.eval_seqlen,
+            "perplexity": best["perplexity"], "uniform_perplexity": uniform["perplexity"]}
+
+
 def _search_and_report(args, model, tokenizer, store, started: float) -> int:
     from launch import pipeline, report
 
@@ -307,6 +342,7 @@ def _search_and_report(args, model, tokenizer, store, started: float) -> int:
     workers = args.workers
     if workers < 0:
         raise SparsearchError(f"--workers must be >= 0, got {workers}")
+    heldout_text = _heldout_text(args)
     if workers == 0:
         import torch
 
@@ -316,9 +352,11 @@ def _search_and_report(args, model, tokenizer, store, started: float) -> int:
                             resume=args.resume, model_spec=args.model, workers=workers,
                             ray_address=args.ray_address or os.environ.get("RAY_ADDRESS"),
                             log=_log(args), progress=not args.quiet)
+    extra: dict[str, Any] = {"workers": workers, "nodes": found["nodes"]}
+    if heldout_text is not None:
+        extra["heldout"] = _heldout(args, heldout_text, model, tokenizer, found)
     summary = report.build_summary(found, model=args.model, engine=args.engine, target_sparsity=args.target_sparsity,
-                                   wall_time_s=time.perf_counter() - started,
-                                   extra={"workers": workers, "nodes": found["nodes"]})
+                                   wall_time_s=time.perf_counter() - started, extra=extra)
     path = report.write_summary(run_dir, summary)
     report.render(run_dir)
     if getattr(args, "command", None) == "run" and not args.no_export:
@@ -365,6 +403,8 @@ def _export(model, tokenizer, summary: dict, genome: list[int], out: Path, space
     from launch.report import model_card
     from supernet.export import export
 
+    if genome != summary["best_genome"]:
+        summary = {k: v for k, v in summary.items() if k != "heldout"}  # measured for the best genome only
     info = {**summary, "sparsity_of_genome": space.sparsity(tuple(genome)),
             "fitness_of_genome": summary["fitness"]["kl"] if genome == summary["best_genome"]
             else next(p["fitness"] for p in summary["pareto"] if p["genome"] == genome)}

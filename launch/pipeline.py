@@ -215,5 +215,5 @@ def search(
         "result": result, "space": space, "budget": budget, "store": store, "uniform_genome": uniform,
         "uniform_fitness": uniform_score, "params_total": sum(p.numel() for p in model.parameters()),
         "schedule": [dataclasses.asdict(s) for s in schedule.stages], "nodes": workers_nodes,
-        "baselines": baselines,
+        "baselines": baselines, "stitcher": stitcher,
     }

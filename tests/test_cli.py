@@ -59,6 +59,10 @@ def test_bad_values_are_one_line_errors(capsys, tmp_path, model_dir):
     assert "ladder step" in _one_error_line(capsys, code)
     code = main(["supernet", "--model", m, "--out", str(tmp_path / "a"), "--calib-text", str(tmp_path / "none.txt"), "--quiet"])
     assert "text file not found" in _one_error_line(capsys, code)
+    code = main(["search", "--model", m, "--supernet", str(tmp_path / "sn"), "--run-dir", str(tmp_path / "r"),
+                 "--eval-text", str(tmp_path / "none.txt"), "--quiet"])
+    assert _one_error_line(capsys, code)
+    assert not (tmp_path / "r").exists()
     preset = tmp_path / "p.yaml"
     preset.write_text("calib_samples: 4\nno_such_flag: 1\n")
     code = main(["supernet", "--config", str(preset), "--out", str(tmp_path / "a")])
@@ -88,7 +92,8 @@ def test_supernet_eval_and_run_on_tiny_model(capsys, tmp_path, model_dir):
 
     run = tmp_path / "run"
     assert main(["run", "--config", str(preset), "--model", m, "--run-dir", str(run), "--supernet", str(sn),
-                 "--target-sparsity", "0.25", "--generations", "3", "--schedule", "4:64,1:128", "--quiet"]) == 0
+                 "--target-sparsity", "0.25", "--generations", "3", "--schedule", "4:64,1:128", "--quiet",
+                 "--eval-text", text, "--eval-seqlen", "32"]) == 0
     summary = json.loads((run / "summary.json").read_text())
     for key in ("best_genome", "per_layer", "params", "fitness", "evaluations", "wall_time_s"):
         assert key in summary
@@ -107,6 +112,10 @@ def test_supernet_eval_and_run_on_tiny_model(capsys, tmp_path, model_dir):
     assert main(["eval", "--model", str(run / "export"), "--data", text, "--seqlen", "32", "--quiet"]) == 0
     exported = json.loads(capsys.readouterr().out)
     assert exported["params"] < dense["params"]
+    # the run's held-out perplexity is the exported model's, measured on the same windows
+    heldout = summary["heldout"]
+    assert heldout["tokens"] == exported["tokens"] and heldout["perplexity"] == pytest.approx(exported["perplexity"], rel=1e-4)
+    assert heldout["uniform_perplexity"] > 1.0 and "Held-out perplexity" in card
     assert main(["export", "--run-dir", str(run), "--out", str(tmp_path / "again"), "--quiet"]) == 0
     assert (tmp_path / "again" / "model.safetensors").read_bytes() == (run / "export" / "model.safetensors").read_bytes()
     code = main(["export", "--run-dir", str(run), "--out", str(tmp_path / "bad"), "--genome", "pareto:5"])
