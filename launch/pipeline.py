@@ -79,22 +79,24 @@ def baseline_genomes(
     names: tuple[str, ...], model, space: SearchSpace, budget: Budget, target: float, tokens: torch.Tensor | None,
     *, seed: int, batch_size: int,
 ) -> dict[str, Genome]:
-    """One-shot allocations (no fitness evaluated) on ``space`` under ``budget``; ``model`` must be dense."""
+    """One-shot allocations (no fitness evaluated) on ``space`` under ``budget``; ``model`` must be
+    dense. OWL and FLAP share one calibration pass over ``tokens``."""
     import random
 
+    from supernet.capture import input_moments
     from supernet.flap import flap_genome
     from supernet.owl import owl_genome
 
+    moments = input_moments(model, tokens, batch_size) if set(names) - {"uniform"} else None
     out = {}
     for name in names:
         rng = random.Random(seed)
         if name == "uniform":
-            uniform = space.uniform(target)
-            out[name] = uniform if budget.feasible(uniform) else budget.repair(uniform, rng)
+            out[name] = budget.repair(space.uniform(target), rng)
         elif name == "owl":
-            out[name] = owl_genome(model, space, budget, tokens, target, rng, batch_size=batch_size)[0]
+            out[name] = owl_genome(model, space, budget, moments, target, rng)[0]
         elif name == "flap":
-            out[name] = flap_genome(model, space, budget, tokens, rng, batch_size=batch_size)[0]
+            out[name] = flap_genome(model, space, budget, moments, rng)[0]
         else:
             raise SparsearchError(f"unknown baseline {name!r}")
     return out
@@ -152,13 +154,13 @@ def search(
     budget = budget_of(space)
     final = len(schedule) - 1
     wanted = (cfg.engine,) if cfg.engine in BASELINES else {"uniform": (), "best": BASELINES}.get(cfg.init, (cfg.init,))
-    calib_tokens = None
+    baseline_tokens = None
     if set(wanted) - {"uniform"}:
         log(f"baselines: scoring {', '.join(n for n in wanted if n != 'uniform')} on {cfg.baseline_samples} "
             "calibration sequences")
-        calib_tokens = baseline_calibration(store, calib, cfg.baseline_samples, model, tokenizer)
-    starts = baseline_genomes(tuple(wanted), model, space, budget, cfg.target_sparsity, calib_tokens, seed=cfg.seed,
-                              batch_size=cfg.eval_batch_size)
+        baseline_tokens = baseline_calibration(store, calib, cfg.baseline_samples, model, tokenizer)
+    starts = baseline_genomes(tuple(wanted), model, space, budget, cfg.target_sparsity, baseline_tokens,
+                              seed=cfg.seed, batch_size=cfg.eval_batch_size)
     state = {"store": store, "fitness": fitness_for(store)}
     baselines: dict[str, dict[str, Any]] = {}
     try:
@@ -202,9 +204,14 @@ def search(
             result = engine.run(resume=resume)
             result = dataclasses.replace(result, evaluations=result.evaluations + len(starts))
             space, budget = engine.space, engine.budget
+        same_supernet = state["store"] is store  # tyr rounds move on to rebuilt supernets
         store, fit = state["store"], state["fitness"]
         uniform = space.uniform(cfg.target_sparsity)
-        uniform_score = fit.evaluate_many([uniform], final)[0]
+        scored = baselines.get("uniform")
+        if same_supernet and scored is not None and tuple(scored["genome"]) == uniform:
+            uniform_score = scored["kl"]  # scored as a baseline already, on the same supernet
+        else:
+            uniform_score = fit.evaluate_many([uniform], final)[0]
         workers_nodes = sorted(set(fit.nodes)) if distributed else []
     finally:
         if distributed:

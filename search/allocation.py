@@ -12,6 +12,7 @@ the supernet's ladders under the same :class:`~search.budget.Budget` the search 
 
 from __future__ import annotations
 
+import bisect
 import random
 from typing import Sequence
 
@@ -56,7 +57,7 @@ def from_scores(space: SearchSpace, budget: Budget, scores: Sequence[Sequence[fl
     def at(k: int) -> Genome:
         """Keep the groups scoring at or above the k-th smallest distinct score."""
         tau = candidates[k] if k < len(candidates) else float("inf")
-        kept = [sum(1 for x in s if x >= tau) / len(s) for s in ordered]
+        kept = [(len(s) - bisect.bisect_left(s, tau)) / len(s) for s in ordered]
         return space.nearest([1.0 - f for f in kept])
 
     lo, hi = 0, len(candidates)  # at(0) keeps everything; at(len) removes everything

@@ -167,7 +167,7 @@ class Engine(abc.ABC):
         """The genome the search starts from: ``start`` if one was given (e.g. a baseline's
         allocation), else the uniform genome at the budget; repaired into the band if needed."""
         if self.start is not None:
-            return self.start if self.budget.feasible(self.start) else self.budget.repair(self.start, self.rng)
+            return self.budget.repair(self.start, self.rng)  # unchanged (no randomness drawn) when feasible
         dense = self.budget.model.dense()
         target = 1.0 - self.budget.limit / dense if dense else 0.0
         return self.budget.repair(self.space.uniform(target), self.rng)

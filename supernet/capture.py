@@ -144,9 +144,16 @@ class InputMoments:
         return (self.sq[name] / n - mean.square()).clamp_min(0.0).to(torch.float32)
 
 
+PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+               "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
 @torch.no_grad()
-def input_moments(model: nn.Module, linears: dict[str, nn.Linear], tokens: Tensor, batch_size: int) -> InputMoments:
-    """Run the model over ``tokens`` and return the per-feature input moments of ``linears``."""
+def input_moments(model: nn.Module, tokens: Tensor, batch_size: int) -> InputMoments:
+    """Run the model over ``tokens`` and return the per-feature input moments of every projection
+    of every decoder layer, named ``"{layer}.{path}"`` (e.g. ``"3.mlp.down_proj"``)."""
+    layers = DecoderAdapter(model).layers
+    linears = {f"{i}.{p}": layer.get_submodule(p) for i, layer in enumerate(layers) for p in PROJECTIONS}
     device = next(model.parameters()).device
     with InputMoments(linears) as moments:
         for start in range(0, tokens.shape[0], batch_size):

@@ -22,7 +22,7 @@ from search.allocation import from_scores
 from search.budget import Budget
 from search.space import Genome, SearchSpace
 from supernet.adapters import DecoderAdapter
-from supernet.capture import input_moments
+from supernet.capture import InputMoments
 
 
 def _standardise(x: torch.Tensor) -> torch.Tensor:
@@ -31,31 +31,26 @@ def _standardise(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def fluctuation_scores(model: nn.Module, tokens: torch.Tensor, *, batch_size: int = 4) -> dict[tuple[int, str], list[float]]:
+def fluctuation_scores(model: nn.Module, moments: InputMoments) -> dict[tuple[int, str], list[float]]:
     """Standardised fluctuation scores: per (layer, "attn") one per query head, per (layer, "mlp")
-    one per intermediate channel."""
-    adapter = DecoderAdapter(model)
-    linears = {}
-    for i in range(len(adapter.layers)):
-        linears[f"{i}.attn"] = adapter.attention(i).o_proj
-        linears[f"{i}.mlp"] = adapter.mlp(i).down_proj
-    moments = input_moments(model, linears, tokens, batch_size)
-    heads, head_dim = adapter.shape.num_heads, adapter.shape.head_dim
+    one per intermediate channel (``moments``: :func:`supernet.capture.input_moments` of ``model``)."""
+    shape = DecoderAdapter(model).shape
     scores = {}
-    for name, lin in linears.items():
-        fluct = moments.variance(name) * lin.weight.float().square().sum(0)
-        z = _standardise(fluct)
-        layer, kind = name.split(".")
-        if kind == "attn":
-            z = z.reshape(heads, head_dim).mean(1)
-        scores[(int(layer), kind)] = z.tolist()
+    for layer in range(shape.num_layers):
+        for kind, path in (("attn", "self_attn.o_proj"), ("mlp", "mlp.down_proj")):
+            name = f"{layer}.{path}"
+            fluct = moments.variance(name) * moments.linears[name].weight.float().square().sum(0)
+            z = _standardise(fluct)
+            if kind == "attn":
+                z = z.reshape(shape.num_heads, shape.head_dim).mean(1)
+            scores[(layer, kind)] = z.tolist()
     return scores
 
 
 def flap_genome(
-    model: nn.Module, space: SearchSpace, budget: Budget, tokens: torch.Tensor, rng: random.Random, *, batch_size: int = 4
+    model: nn.Module, space: SearchSpace, budget: Budget, moments: InputMoments, rng: random.Random
 ) -> tuple[Genome, dict]:
     """The FLAP allocation on ``space`` under ``budget``."""
-    scores = fluctuation_scores(model, tokens, batch_size=batch_size)
+    scores = fluctuation_scores(model, moments)
     genome = from_scores(space, budget, [scores[(u.layer, u.kind)] for u in space.units], rng)
     return genome, {}

@@ -24,29 +24,20 @@ from search.allocation import from_sparsities
 from search.budget import Budget
 from search.space import Genome, SearchSpace
 from supernet.adapters import DecoderAdapter
-from supernet.capture import input_moments
-
-PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-               "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
-
-
-def layer_linears(adapter: DecoderAdapter) -> dict[str, nn.Linear]:
-    """Every projection of every layer, named ``"{layer}.{path}"``."""
-    return {f"{i}.{p}": layer.get_submodule(p) for i, layer in enumerate(adapter.layers) for p in PROJECTIONS}
+from supernet.capture import PROJECTIONS, InputMoments
 
 
 @torch.no_grad()
-def outlier_ratios(model: nn.Module, tokens: torch.Tensor, *, m: float = 5.0, batch_size: int = 4) -> list[float]:
-    """Per decoder layer, the fraction of its weights whose Wanda score exceeds ``m`` x its mean."""
-    adapter = DecoderAdapter(model)
-    linears = layer_linears(adapter)
-    moments = input_moments(model, linears, tokens, batch_size)
+def outlier_ratios(model: nn.Module, moments: InputMoments, *, m: float = 5.0) -> list[float]:
+    """Per decoder layer, the fraction of its weights whose Wanda score exceeds ``m`` x its mean
+    (``moments``: :func:`supernet.capture.input_moments` of ``model``)."""
     ratios = []
-    for i in range(len(adapter.layers)):
-        scores = [linears[f"{i}.{p}"].weight.float().abs() * moments.sq_norm(f"{i}.{p}").sqrt() for p in PROJECTIONS]
-        mean = sum(s.sum().item() for s in scores) / sum(s.numel() for s in scores)
-        outliers = sum((s > m * mean).sum().item() for s in scores)
-        ratios.append(outliers / sum(s.numel() for s in scores))
+    for i in range(len(DecoderAdapter(model).layers)):
+        scores = [moments.linears[f"{i}.{p}"].weight.float().abs() * moments.sq_norm(f"{i}.{p}").sqrt()
+                  for p in PROJECTIONS]
+        total = sum(s.numel() for s in scores)
+        mean = sum(s.sum().item() for s in scores) / total
+        ratios.append(sum((s > m * mean).sum().item() for s in scores) / total)
     return ratios
 
 
@@ -60,11 +51,11 @@ def layer_sparsities(ratios: Sequence[float], target: float, lam: float = 0.08) 
 
 
 def owl_genome(
-    model: nn.Module, space: SearchSpace, budget: Budget, tokens: torch.Tensor, target: float, rng: random.Random,
-    *, m: float = 5.0, lam: float = 0.08, batch_size: int = 4,
+    model: nn.Module, space: SearchSpace, budget: Budget, moments: InputMoments, target: float, rng: random.Random,
+    *, m: float = 5.0, lam: float = 0.08,
 ) -> tuple[Genome, dict]:
     """The OWL allocation on ``space`` under ``budget``, and its per-layer outlier ratios."""
-    ratios = outlier_ratios(model, tokens, m=m, batch_size=batch_size)
+    ratios = outlier_ratios(model, moments, m=m)
     per_layer = layer_sparsities(ratios, target, lam)
     genome = from_sparsities(space, budget, [per_layer[u.layer] for u in space.units], rng)
     return genome, {"outlier_ratios": ratios, "layer_sparsities": per_layer}

@@ -13,6 +13,7 @@ from search.evolution import EvolutionConfig, EvolutionEngine
 from search.space import Level, SearchSpace, Unit
 from search.tpe import TPEConfig, TPEEngine
 from supernet.adapters import DecoderAdapter
+from supernet.capture import input_moments
 from supernet.flap import fluctuation_scores
 from supernet.owl import layer_sparsities, outlier_ratios
 from synthetic import SyntheticFitness, synthetic_space
@@ -70,7 +71,7 @@ def test_owl_finds_the_layer_with_planted_outliers():
     with torch.no_grad():
         DecoderAdapter(model).layers[1].mlp.up_proj.weight[:, :3] *= 50.0  # a few huge input columns
     tokens = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(0))
-    ratios = outlier_ratios(model, tokens, m=5.0, batch_size=2)
+    ratios = outlier_ratios(model, input_moments(model, tokens, batch_size=2), m=5.0)
     assert len(ratios) == 3 and all(0.0 <= r < 1.0 for r in ratios)
     assert ratios[1] > max(ratios[0], ratios[2])
 
@@ -81,7 +82,7 @@ def test_flap_scores_match_a_direct_computation_and_rank_a_dead_channel_last():
     with torch.no_grad():
         adapter.mlp(0).down_proj.weight[:, 5] = 0.0  # channel 5 of layer 0's MLP cannot move the output
     tokens = torch.randint(0, 128, (3, 16), generator=torch.Generator().manual_seed(1))
-    scores = fluctuation_scores(model, tokens, batch_size=2)
+    scores = fluctuation_scores(model, input_moments(model, tokens, batch_size=2))
     assert len(scores[(0, "attn")]) == 4 and len(scores[(0, "mlp")]) == 64
     mlp0 = torch.tensor(scores[(0, "mlp")])
     assert mlp0.argmin().item() == 5 and mlp0.mean().abs() < 1e-5 and mlp0.std().item() == pytest.approx(1.0, rel=1e-4)
