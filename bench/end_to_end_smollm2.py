@@ -45,12 +45,12 @@ def main() -> None:
 
     import torch
 
-    from fitness.data import read_text, tokenize_text
-    from fitness.metrics import eval_windows, perplexity
-    from launch.cli import main as cli
-    from supernet.models import load_model
-    from supernet.stitch import Stitcher
-    from supernet.store import SupernetStore
+    from sparsearch.fitness.data import read_text, tokenize_text
+    from sparsearch.fitness.metrics import eval_windows, perplexity
+    from sparsearch.launch.cli import main as cli
+    from sparsearch.supernet.models import load_model
+    from sparsearch.supernet.stitch import Stitcher
+    from sparsearch.supernet.store import SupernetStore
 
     torch.set_num_threads(2)
     out = Path(args.out)

@@ -33,12 +33,12 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from fitness.data import read_text, tokenize_text
-    from fitness.metrics import eval_windows, perplexity
-    from supernet.export import export
-    from supernet.models import load_model, smollm2_folder
-    from supernet.stitch import Stitcher
-    from supernet.store import SupernetStore
+    from sparsearch.fitness.data import read_text, tokenize_text
+    from sparsearch.fitness.metrics import eval_windows, perplexity
+    from sparsearch.supernet.export import export
+    from sparsearch.supernet.models import load_model, smollm2_folder
+    from sparsearch.supernet.stitch import Stitcher
+    from sparsearch.supernet.store import SupernetStore
 
     torch.set_num_threads(2)
     model, tok = load_model("smollm2-135m")

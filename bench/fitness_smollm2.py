@@ -32,11 +32,11 @@ def main() -> None:
 
     import torch
 
-    from fitness.data import CalibrationConfig, calibration_tokens
-    from fitness.evaluator import Evaluator
-    from fitness.schedule import TokenSchedule
-    from supernet.models import load_model
-    from supernet.store import SupernetStore
+    from sparsearch.fitness.data import CalibrationConfig, calibration_tokens
+    from sparsearch.fitness.evaluator import Evaluator
+    from sparsearch.fitness.schedule import TokenSchedule
+    from sparsearch.supernet.models import load_model
+    from sparsearch.supernet.store import SupernetStore
 
     torch.set_num_threads(args.threads)
     model, tok = load_model("smollm2-135m")

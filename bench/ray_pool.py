@@ -33,8 +33,8 @@ def main() -> None:
     from safetensors.torch import save_file
 
     from conftest import tiny_model, tiny_tokenizer
-    from fitness.pool import EvaluatorSpec, InProcessPool, RayPool
-    from supernet import SupernetConfig, build_supernet
+    from sparsearch.fitness.pool import EvaluatorSpec, InProcessPool, RayPool
+    from sparsearch.supernet import SupernetConfig, build_supernet
 
     torch.set_num_threads(1)
     root = Path(tempfile.mkdtemp())

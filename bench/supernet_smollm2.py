@@ -24,10 +24,10 @@ sys.path.insert(0, str(ROOT))
 def child_build(args) -> dict:
     import torch
 
-    from fitness.data import CalibrationConfig, calibration_tokens
-    from supernet.build import build_supernet
-    from supernet.config import SupernetConfig
-    from supernet.models import load_model
+    from sparsearch.fitness.data import CalibrationConfig, calibration_tokens
+    from sparsearch.supernet.build import build_supernet
+    from sparsearch.supernet.config import SupernetConfig
+    from sparsearch.supernet.models import load_model
 
     torch.set_num_threads(args.threads)
     model, tok = load_model("smollm2-135m")
@@ -51,11 +51,11 @@ def child_build(args) -> dict:
 def child_ppl(args) -> dict:
     import torch
 
-    from fitness.data import read_text, tokenize_text
-    from fitness.metrics import eval_windows, perplexity
-    from supernet.models import load_model
-    from supernet.stitch import Stitcher
-    from supernet.store import SupernetStore
+    from sparsearch.fitness.data import read_text, tokenize_text
+    from sparsearch.fitness.metrics import eval_windows, perplexity
+    from sparsearch.supernet.models import load_model
+    from sparsearch.supernet.stitch import Stitcher
+    from sparsearch.supernet.store import SupernetStore
 
     torch.set_num_threads(args.threads)
     model, tok = load_model("smollm2-135m")

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from search.errors import SparsearchError
+from sparsearch.search.errors import SparsearchError
 
 SOURCES = ("self", "text", "dataset")
 _LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}

@@ -19,12 +19,12 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from fitness.schedule import TokenSchedule
-from fitness.teacher import TeacherCache
-from fitness.training import TrainConfig, train_copy
-from search.space import Genome
-from supernet.stitch import Stitcher
-from supernet.store import SupernetStore
+from sparsearch.fitness.schedule import TokenSchedule
+from sparsearch.fitness.teacher import TeacherCache
+from sparsearch.fitness.training import TrainConfig, train_copy
+from sparsearch.search.space import Genome
+from sparsearch.supernet.stitch import Stitcher
+from sparsearch.supernet.store import SupernetStore
 
 
 class Evaluator:

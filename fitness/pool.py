@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from search.space import Genome
+from sparsearch.search.space import Genome
 
 
 @dataclass(frozen=True)
@@ -42,11 +42,11 @@ def build_evaluator(spec: EvaluatorSpec):
     import torch
     from safetensors.torch import load_file
 
-    from fitness.evaluator import Evaluator
-    from fitness.schedule import TokenSchedule
-    from fitness.training import TrainConfig
-    from supernet.models import load_model
-    from supernet.store import SupernetStore
+    from sparsearch.fitness.evaluator import Evaluator
+    from sparsearch.fitness.schedule import TokenSchedule
+    from sparsearch.fitness.training import TrainConfig
+    from sparsearch.supernet.models import load_model
+    from sparsearch.supernet.store import SupernetStore
 
     if spec.threads:
         torch.set_num_threads(spec.threads)

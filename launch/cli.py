@@ -14,8 +14,8 @@ from typing import Any, Sequence
 
 import yaml
 
-from launch.config import BASELINES, ENGINES, INITS
-from search.errors import SparsearchError
+from sparsearch.launch.config import BASELINES, ENGINES, INITS
+from sparsearch.search.errors import SparsearchError
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -189,7 +189,7 @@ def _device(name: str):
 
 
 def _supernet_config(args: argparse.Namespace):
-    from supernet.config import SupernetConfig
+    from sparsearch.supernet.config import SupernetConfig
 
     servable = getattr(args, "servable", False)
     return SupernetConfig(
@@ -207,7 +207,7 @@ def _supernet_config(args: argparse.Namespace):
 
 
 def _calibration_config(args: argparse.Namespace):
-    from fitness.data import CalibrationConfig
+    from sparsearch.fitness.data import CalibrationConfig
 
     if args.calib_text:
         source, location = "text", args.calib_text
@@ -219,7 +219,7 @@ def _calibration_config(args: argparse.Namespace):
 
 
 def _load(args: argparse.Namespace):
-    from supernet.models import load_model
+    from sparsearch.supernet.models import load_model
 
     if args.quiet:
         from transformers.utils import logging as hf_logging
@@ -246,7 +246,7 @@ def _describe(store) -> str:
 
 # -- commands -----------------------------------------------------------------------------------
 def cmd_supernet(args: argparse.Namespace) -> int:
-    from launch.pipeline import ensure_supernet
+    from sparsearch.launch.pipeline import ensure_supernet
 
     _supernet_config(args), _calibration_config(args)  # validate before loading anything
     _check_files(args.calib_text)
@@ -258,9 +258,9 @@ def cmd_supernet(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from fitness.data import read_text, tokenize_text
-    from fitness.metrics import eval_windows, perplexity
-    from supernet.store import SupernetStore
+    from sparsearch.fitness.data import read_text, tokenize_text
+    from sparsearch.fitness.metrics import eval_windows, perplexity
+    from sparsearch.supernet.store import SupernetStore
 
     if (args.supernet is None) != (args.target_sparsity is None):
         raise SparsearchError("--supernet and --target-sparsity go together")
@@ -270,7 +270,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model, tokenizer = _load(args)
     result: dict[str, Any] = {"model": args.model, "data": args.data, "seqlen": args.seqlen}
     if args.supernet:
-        from supernet.stitch import Stitcher
+        from sparsearch.supernet.stitch import Stitcher
 
         stitcher = Stitcher(model, SupernetStore.open(args.supernet))
         genome = stitcher.space.uniform(args.target_sparsity)
@@ -286,7 +286,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _search_config(args: argparse.Namespace):
-    from launch.config import SearchConfig
+    from sparsearch.launch.config import SearchConfig
 
     return SearchConfig(
         engine=args.engine, target_sparsity=args.target_sparsity, cost=args.cost, tolerance=args.tolerance,
@@ -303,7 +303,7 @@ def _log(args: argparse.Namespace):
 
 def _heldout_text(args: argparse.Namespace) -> str | None:
     """The --eval-text file's text, read before the search so that a bad path fails early."""
-    from fitness.data import read_text
+    from sparsearch.fitness.data import read_text
 
     if not args.eval_text:
         return None
@@ -315,8 +315,8 @@ def _heldout_text(args: argparse.Namespace) -> str | None:
 def _heldout(args: argparse.Namespace, text: str, model, tokenizer, found: dict) -> dict[str, Any]:
     """Perplexity on held-out text of the best genome (the model as the search left it) and of
     the uniform genome; the model is stitched back to the best genome."""
-    from fitness.data import tokenize_text
-    from fitness.metrics import eval_windows, perplexity
+    from sparsearch.fitness.data import tokenize_text
+    from sparsearch.fitness.metrics import eval_windows, perplexity
 
     windows = eval_windows(tokenize_text(text, tokenizer), args.eval_seqlen, args.eval_tokens or None)
     if windows.shape[0] == 0:
@@ -332,12 +332,12 @@ def _heldout(args: argparse.Namespace, text: str, model, tokenizer, found: dict)
 
 
 def _search_and_report(args, model, tokenizer, store, started: float) -> int:
-    from launch import pipeline, report
+    from sparsearch.launch import pipeline, report
 
     run_dir = Path(args.run_dir)
     if args.resume and not (run_dir / "checkpoint.json").is_file() and args.engine not in BASELINES:
         _log(args)(f"nothing to resume in {run_dir}: starting a new run")
-    from supernet.config import SupernetConfig
+    from sparsearch.supernet.config import SupernetConfig
 
     workers = args.workers
     if workers < 0:
@@ -373,7 +373,7 @@ def _search_and_report(args, model, tokenizer, store, started: float) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from supernet.store import SupernetStore
+    from sparsearch.supernet.store import SupernetStore
 
     started = time.perf_counter()
     _search_config(args), _calibration_config(args)
@@ -384,7 +384,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from launch.pipeline import ensure_supernet
+    from sparsearch.launch.pipeline import ensure_supernet
 
     started = time.perf_counter()
     _search_config(args), _supernet_config(args), _calibration_config(args)
@@ -400,8 +400,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _export(model, tokenizer, summary: dict, genome: list[int], out: Path, space, dtype: str = "auto") -> Path:
     import torch
 
-    from launch.report import model_card
-    from supernet.export import export
+    from sparsearch.launch.report import model_card
+    from sparsearch.supernet.export import export
 
     if genome != summary["best_genome"]:
         summary = {k: v for k, v in summary.items() if k != "heldout"}  # measured for the best genome only
@@ -414,9 +414,9 @@ def _export(model, tokenizer, summary: dict, genome: list[int], out: Path, space
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from launch.report import SUMMARY
-    from supernet.stitch import Stitcher
-    from supernet.store import SupernetStore
+    from sparsearch.launch.report import SUMMARY
+    from sparsearch.supernet.stitch import Stitcher
+    from sparsearch.supernet.store import SupernetStore
 
     path = Path(args.run_dir) / SUMMARY
     if not path.is_file():
@@ -444,7 +444,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from launch.report import SUMMARY, render
+    from sparsearch.launch.report import SUMMARY, render
 
     if not (Path(args.run_dir) / SUMMARY).is_file():
         raise SparsearchError(f"no {SUMMARY} in {args.run_dir}")
@@ -454,7 +454,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _fingerprint(model) -> str:
-    from supernet.fingerprint import model_fingerprint
+    from sparsearch.supernet.fingerprint import model_fingerprint
 
     return model_fingerprint(model)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fitness.schedule import TokenSchedule
-from search.budget import COST_KINDS
-from search.errors import SparsearchError
+from sparsearch.fitness.schedule import TokenSchedule
+from sparsearch.search.budget import COST_KINDS
+from sparsearch.search.errors import SparsearchError
 
 BASELINES = ("uniform", "owl", "flap")
 ENGINES = ("evolution", "nsga2", "tpe", "tyr") + BASELINES
@@ -68,10 +68,10 @@ class SearchConfig:
             raise SparsearchError(str(e)) from None
 
     def engine_config(self) -> Any:
-        from search.evolution import EvolutionConfig
-        from search.nsga2 import NSGA2Config
-        from search.tpe import TPEConfig
-        from search.tyr import TyrConfig
+        from sparsearch.search.evolution import EvolutionConfig
+        from sparsearch.search.nsga2 import NSGA2Config
+        from sparsearch.search.tpe import TPEConfig
+        from sparsearch.search.tyr import TyrConfig
 
         try:
             if self.engine == "evolution":

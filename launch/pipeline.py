@@ -12,18 +12,18 @@ import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 
-from fitness.data import CalibrationConfig, calibration_tokens
-from fitness.evaluator import Evaluator
-from fitness.schedule import TokenSchedule
-from launch.config import BASELINES, SearchConfig
-from search.budget import Budget, CostModel
-from search.checkpoint import atomic_write
-from search.engine import Result
-from search.errors import SparsearchError
-from search.space import Genome, SearchSpace
-from supernet.build import build_supernet
-from supernet.config import SupernetConfig
-from supernet.store import SupernetStore
+from sparsearch.fitness.data import CalibrationConfig, calibration_tokens
+from sparsearch.fitness.evaluator import Evaluator
+from sparsearch.fitness.schedule import TokenSchedule
+from sparsearch.launch.config import BASELINES, SearchConfig
+from sparsearch.search.budget import Budget, CostModel
+from sparsearch.search.checkpoint import atomic_write
+from sparsearch.search.engine import Result
+from sparsearch.search.errors import SparsearchError
+from sparsearch.search.space import Genome, SearchSpace
+from sparsearch.supernet.build import build_supernet
+from sparsearch.supernet.config import SupernetConfig
+from sparsearch.supernet.store import SupernetStore
 
 Log = Callable[[str], None]
 
@@ -83,9 +83,9 @@ def baseline_genomes(
     dense. OWL and FLAP share one calibration pass over ``tokens``."""
     import random
 
-    from supernet.capture import input_moments
-    from supernet.flap import flap_genome
-    from supernet.owl import owl_genome
+    from sparsearch.supernet.capture import input_moments
+    from sparsearch.supernet.flap import flap_genome
+    from sparsearch.supernet.owl import owl_genome
 
     moments = input_moments(model, tokens, batch_size) if set(names) - {"uniform"} else None
     out = {}
@@ -113,11 +113,11 @@ def search(
     ``model_spec`` itself); otherwise in this process on ``model``. Afterwards ``model`` is the
     stitched best candidate.
     """
-    from search.evolution import EvolutionEngine
-    from search.nsga2 import NSGA2Engine
-    from search.tpe import TPEEngine
-    from search.tyr import TyrEngine
-    from supernet.stitch import Stitcher
+    from sparsearch.search.evolution import EvolutionEngine
+    from sparsearch.search.nsga2 import NSGA2Engine
+    from sparsearch.search.tpe import TPEEngine
+    from sparsearch.search.tyr import TyrEngine
+    from sparsearch.supernet.stitch import Stitcher
 
     started = time.perf_counter()
     schedule = cfg.token_schedule
@@ -127,8 +127,8 @@ def search(
 
     def fitness_for(st: SupernetStore):
         if distributed:
-            from fitness.pool import EvaluatorSpec, RayPool
-            from launch.cluster import connect
+            from sparsearch.fitness.pool import EvaluatorSpec, RayPool
+            from sparsearch.launch.cluster import connect
 
             connect(ray_address, num_cpus=max(workers, 1))
             import torch

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from search.checkpoint import HISTORY, atomic_write_json
+from sparsearch.search.checkpoint import HISTORY, atomic_write_json
 
 SUMMARY = "summary.json"
 

@@ -16,9 +16,9 @@ import bisect
 import random
 from typing import Sequence
 
-from search.budget import Budget
-from search.errors import SparsearchError
-from search.space import Genome, SearchSpace
+from sparsearch.search.budget import Budget
+from sparsearch.search.errors import SparsearchError
+from sparsearch.search.space import Genome, SearchSpace
 
 
 def _clip(x: float) -> float:

@@ -17,8 +17,8 @@ import random
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from search.errors import SparsearchError
-from search.space import Genome, SearchSpace
+from sparsearch.search.errors import SparsearchError
+from sparsearch.search.space import Genome, SearchSpace
 
 COST_KINDS = ("params", "flops", "latency")
 

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
-from search.space import Genome
+from sparsearch.search.space import Genome
 
 CHECKPOINT = "checkpoint.json"
 EVALUATIONS = "evaluations.jsonl"

@@ -27,10 +27,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from search.budget import Budget
-from search.checkpoint import CachedFitness, Fitness, RunFiles
-from search.errors import SparsearchError
-from search.space import Genome, SearchSpace
+from sparsearch.search.budget import Budget
+from sparsearch.search.checkpoint import CachedFitness, Fitness, RunFiles
+from sparsearch.search.errors import SparsearchError
+from sparsearch.search.space import Genome, SearchSpace
 
 
 @dataclass

@@ -13,11 +13,11 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from search.budget import Budget
-from search.checkpoint import CachedFitness
-from search.engine import Engine
-from search.mutation import level_switch
-from search.space import Genome
+from sparsearch.search.budget import Budget
+from sparsearch.search.checkpoint import CachedFitness
+from sparsearch.search.engine import Engine
+from sparsearch.search.mutation import level_switch
+from sparsearch.search.space import Genome
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import random
 
-from search.budget import Budget
-from search.errors import SparsearchError
-from search.space import Genome
+from sparsearch.search.budget import Budget
+from sparsearch.search.errors import SparsearchError
+from sparsearch.search.space import Genome
 
 
 def level_switch(genome: Genome, budget: Budget, rng: random.Random, *, max_flips: int = 3, tries: int = 20) -> Genome:

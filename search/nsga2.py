@@ -24,8 +24,8 @@ from typing import Any, Iterator
 
 from deap import base, tools
 
-from search.engine import Engine
-from search.space import Genome
+from sparsearch.search.engine import Engine
+from sparsearch.search.space import Genome
 
 
 class _Fitness(base.Fitness):

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from search.errors import SparsearchError
+from sparsearch.search.errors import SparsearchError
 
 UNIT_KINDS = ("attn", "mlp")
 

@@ -34,9 +34,9 @@ from typing import Any
 
 import optuna
 
-from search.engine import Engine
-from search.errors import SparsearchError
-from search.space import Genome
+from sparsearch.search.engine import Engine
+from sparsearch.search.errors import SparsearchError
+from sparsearch.search.space import Genome
 
 BUDGET_MODES = ("repair", "constraint")
 JOURNAL = "optuna.log"

@@ -13,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from search.budget import Budget
-from search.checkpoint import CachedFitness, Fitness
-from search.engine import Engine
-from search.evolution import EvolutionConfig, evolve_generation
-from search.space import Genome, Ladder, SearchSpace
+from sparsearch.search.budget import Budget
+from sparsearch.search.checkpoint import CachedFitness, Fitness
+from sparsearch.search.engine import Engine
+from sparsearch.search.evolution import EvolutionConfig, evolve_generation
+from sparsearch.search.space import Genome, Ladder, SearchSpace
 
 Rebuild = Callable[[int, dict[str, Ladder]], tuple[SearchSpace, Fitness]]
 

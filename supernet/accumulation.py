@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from supernet.variants import Variant, expectation_weights
+from sparsearch.supernet.variants import Variant, expectation_weights
 
 Tensor = torch.Tensor
 

@@ -11,15 +11,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from search.space import Unit
-from supernet.accumulation import next_hidden
-from supernet.adapters import DecoderAdapter
-from supernet.capture import InputHessian, capture_inputs, run_attention, run_mlp
-from supernet.config import SupernetConfig
-from supernet.fingerprint import model_fingerprint, tokens_fingerprint
-from supernet.modules import PrunedAttention, PrunedMLP
-from supernet.store import SupernetStore
-from supernet.variants import Variant, attention_variants, cast_variants, mlp_variants
+from sparsearch.search.space import Unit
+from sparsearch.supernet.accumulation import next_hidden
+from sparsearch.supernet.adapters import DecoderAdapter
+from sparsearch.supernet.capture import InputHessian, capture_inputs, run_attention, run_mlp
+from sparsearch.supernet.config import SupernetConfig
+from sparsearch.supernet.fingerprint import model_fingerprint, tokens_fingerprint
+from sparsearch.supernet.modules import PrunedAttention, PrunedMLP
+from sparsearch.supernet.store import SupernetStore
+from sparsearch.supernet.variants import Variant, attention_variants, cast_variants, mlp_variants
 
 
 def supernet_header(

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from supernet.adapters import DecoderAdapter
+from sparsearch.supernet.adapters import DecoderAdapter
 
 Tensor = torch.Tensor
 _KEEP = ("attention_mask", "position_embeddings", "position_ids")

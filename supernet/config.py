@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
-from search.space import Ladder, Unit
+from sparsearch.search.space import Ladder, Unit
 
 CRITERIA = ("obs", "magnitude")
 

@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from search.errors import SparsearchError
-from supernet import modeling_sparsearch, nemotron_nas
-from supernet.adapters import DecoderAdapter
-from supernet.modules import StitchedLayer
+from sparsearch.search.errors import SparsearchError
+from sparsearch.supernet import modeling_sparsearch, nemotron_nas
+from sparsearch.supernet.adapters import DecoderAdapter
+from sparsearch.supernet.modules import StitchedLayer
 
 AUTO_MAP = {
     "AutoConfig": "modeling_sparsearch.SparsearchConfig",

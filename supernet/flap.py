@@ -18,11 +18,11 @@ import random
 import torch
 from torch import nn
 
-from search.allocation import from_scores
-from search.budget import Budget
-from search.space import Genome, SearchSpace
-from supernet.adapters import DecoderAdapter
-from supernet.capture import InputMoments
+from sparsearch.search.allocation import from_scores
+from sparsearch.search.budget import Budget
+from sparsearch.search.space import Genome, SearchSpace
+from sparsearch.supernet.adapters import DecoderAdapter
+from sparsearch.supernet.capture import InputMoments
 
 
 def _standardise(x: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from search.errors import SparsearchError
+from sparsearch.search.errors import SparsearchError
 
 DEFAULT_MODEL = "smollm2-135m"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -20,11 +20,11 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from search.allocation import from_sparsities
-from search.budget import Budget
-from search.space import Genome, SearchSpace
-from supernet.adapters import DecoderAdapter
-from supernet.capture import PROJECTIONS, InputMoments
+from sparsearch.search.allocation import from_sparsities
+from sparsearch.search.budget import Budget
+from sparsearch.search.space import Genome, SearchSpace
+from sparsearch.supernet.adapters import DecoderAdapter
+from sparsearch.supernet.capture import PROJECTIONS, InputMoments
 
 
 @torch.no_grad()

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from torch import nn
 
-from search.errors import SparsearchError
-from search.space import Genome, SearchSpace
-from supernet.adapters import DecoderAdapter
-from supernet.fingerprint import model_fingerprint
-from supernet.modules import PrunedAttention, PrunedMLP, StitchedLayer
-from supernet.store import SupernetStore
+from sparsearch.search.errors import SparsearchError
+from sparsearch.search.space import Genome, SearchSpace
+from sparsearch.supernet.adapters import DecoderAdapter
+from sparsearch.supernet.fingerprint import model_fingerprint
+from sparsearch.supernet.modules import PrunedAttention, PrunedMLP, StitchedLayer
+from sparsearch.supernet.store import SupernetStore
 
 
 class Stitcher:

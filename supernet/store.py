@@ -23,10 +23,10 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from search.checkpoint import atomic_write, atomic_write_json
-from search.errors import SparsearchError
-from search.space import SearchSpace, Unit
-from supernet.variants import Variant
+from sparsearch.search.checkpoint import atomic_write, atomic_write_json
+from sparsearch.search.errors import SparsearchError
+from sparsearch.search.space import SearchSpace, Unit
+from sparsearch.supernet.variants import Variant
 
 FORMAT = "sparsearch-supernet/1"
 MANIFEST = "manifest.json"
@@ -130,7 +130,7 @@ class SupernetStore:
 
     def calibration(self) -> torch.Tensor | None:
         """The stored calibration tokens, if they match the manifest's fingerprint."""
-        from supernet.fingerprint import tokens_fingerprint
+        from sparsearch.supernet.fingerprint import tokens_fingerprint
 
         f = self.path / CALIBRATION
         if not f.is_file():

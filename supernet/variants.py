@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from search.space import Ladder
-from supernet import pruning
-from supernet.config import SupernetConfig
+from sparsearch.search.space import Ladder
+from sparsearch.supernet import pruning
+from sparsearch.supernet.config import SupernetConfig
 
 Tensor = torch.Tensor
 

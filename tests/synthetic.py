@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from search.space import Level, SearchSpace, Unit
+from sparsearch.search.space import Level, SearchSpace, Unit
 
 
 def synthetic_space(layers: int = 6, attn_levels: int = 5, mlp_levels: int = 9) -> SearchSpace:

@@ -7,15 +7,15 @@ import pytest
 import torch
 
 from conftest import tiny_model
-from search.allocation import from_scores, from_sparsities
-from search.budget import Budget, CostModel
-from search.evolution import EvolutionConfig, EvolutionEngine
-from search.space import Level, SearchSpace, Unit
-from search.tpe import TPEConfig, TPEEngine
-from supernet.adapters import DecoderAdapter
-from supernet.capture import input_moments
-from supernet.flap import fluctuation_scores
-from supernet.owl import layer_sparsities, outlier_ratios
+from sparsearch.search.allocation import from_scores, from_sparsities
+from sparsearch.search.budget import Budget, CostModel
+from sparsearch.search.evolution import EvolutionConfig, EvolutionEngine
+from sparsearch.search.space import Level, SearchSpace, Unit
+from sparsearch.search.tpe import TPEConfig, TPEEngine
+from sparsearch.supernet.adapters import DecoderAdapter
+from sparsearch.supernet.capture import input_moments
+from sparsearch.supernet.flap import fluctuation_scores
+from sparsearch.supernet.owl import layer_sparsities, outlier_ratios
 from synthetic import SyntheticFitness, synthetic_space
 
 

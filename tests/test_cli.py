@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from launch.cli import main
+from sparsearch.launch.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,7 +17,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 def test_help_of_both_entry_points():
     r = _run("search.py", "--help")
     assert r.returncode == 0 and "--target-sparsity" in r.stdout and "--calib-text" in r.stdout
-    r = _run("-m", "launch.cli", "--help")
+    r = _run("-m", "sparsearch.launch.cli", "--help")
     assert r.returncode == 0
     for cmd in ("supernet", "eval", "run"):
         assert cmd in r.stdout
@@ -192,21 +192,21 @@ def test_search_can_start_from_the_best_baseline(capsys, tmp_path, model_dir):
 
 
 def test_shipped_presets_are_valid(tmp_path, capsys):
-    from launch.cli import parse_args
+    from sparsearch.launch.cli import parse_args
 
     root = Path(__file__).resolve().parents[1] / "launch" / "presets"
     presets = sorted(root.glob("*.yaml"))
     assert presets
     for preset in presets:
         args = parse_args(["run", "--config", str(preset), "--run-dir", str(tmp_path)])
-        from launch.cli import _calibration_config, _search_config, _supernet_config
+        from sparsearch.launch.cli import _calibration_config, _search_config, _supernet_config
 
         _search_config(args), _supernet_config(args), _calibration_config(args)
 
 
 def test_interrupted_supernet_build_resumes_with_its_stored_calibration(capsys, tmp_path, model_dir, monkeypatch):
-    from launch import pipeline
-    from supernet.store import SupernetStore
+    from sparsearch.launch import pipeline
+    from sparsearch.supernet.store import SupernetStore
 
     m = str(model_dir / "model")
     args = ["supernet", "--model", m, "--out", str(tmp_path / "sn"), "--calib-samples", "3", "--calib-seqlen", "16",

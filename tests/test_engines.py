@@ -4,12 +4,12 @@ import json
 
 import pytest
 
-from search.budget import Budget, CostModel
-from search.errors import SparsearchError
-from search.evolution import EvolutionConfig, EvolutionEngine
-from search.nsga2 import NSGA2Config, NSGA2Engine
-from search.tpe import TPEConfig, TPEEngine
-from search.tyr import TyrConfig, TyrEngine, centred_ladder
+from sparsearch.search.budget import Budget, CostModel
+from sparsearch.search.errors import SparsearchError
+from sparsearch.search.evolution import EvolutionConfig, EvolutionEngine
+from sparsearch.search.nsga2 import NSGA2Config, NSGA2Engine
+from sparsearch.search.tpe import TPEConfig, TPEEngine
+from sparsearch.search.tyr import TyrConfig, TyrEngine, centred_ladder
 from synthetic import SyntheticFitness, synthetic_rebuild, synthetic_space
 
 ENGINES = {
@@ -104,7 +104,7 @@ def test_cost_models_by_hand():
     space = synthetic_space(layers=1, attn_levels=3, mlp_levels=3)
     p = CostModel.params(space)
     assert p.table == ((400.0, 200.0, 0.0), (800.0, 400.0, 0.0)) and p.cost((1, 2)) == 200.0
-    from search.space import Level, SearchSpace, Unit
+    from sparsearch.search.space import Level, SearchSpace, Unit
 
     space = SearchSpace((Unit(0, "attn"),), ((Level(0.0, 100, {"heads": 4}), Level(1.0, 0, {"heads": 0})),))
     f = CostModel.flops(space, head_dim=8, context=9)

@@ -6,9 +6,9 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 from conftest import ARCHS, tiny_model
-from search.errors import SparsearchError
-from supernet import Stitcher, SupernetConfig, build_supernet
-from supernet.export import export
+from sparsearch.search.errors import SparsearchError
+from sparsearch.supernet import Stitcher, SupernetConfig, build_supernet
+from sparsearch.supernet.export import export
 
 
 @pytest.fixture(scope="module", params=ARCHS)
@@ -87,7 +87,7 @@ def test_export_refuses_a_non_empty_folder(candidate, tmp_path):
 def test_servable_genomes_export_the_nemotron_nas_schema(tmp_path):
     import json
 
-    from launch.cli import _supernet_config, parse_args
+    from sparsearch.launch.cli import _supernet_config, parse_args
 
     args = parse_args(["supernet", "--out", "x", "--servable", "--mlp-ladder", "0,0.5,1"])
     cfg = _supernet_config(args)
@@ -110,7 +110,7 @@ def test_servable_genomes_export_the_nemotron_nas_schema(tmp_path):
 
 
 def test_nemotron_nas_rules():
-    from supernet.nemotron_nas import block_configs, width_to_ffn_mult
+    from sparsearch.supernet.nemotron_nas import block_configs, width_to_ffn_mult
 
     dense = {"heads": 4, "kv_heads": 2, "kv_index": [0, 0, 1, 1]}
     assert width_to_ffn_mult(14336, 4096) == 5.25  # Llama-3.1-8B's MLP

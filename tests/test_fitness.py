@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from conftest import tiny_model
-from fitness.evaluator import Evaluator
-from fitness.metrics import kl_per_token
-from fitness.schedule import PRESETS, Stage, TokenSchedule
-from fitness.teacher import TeacherCache
-from fitness.training import TrainConfig, train_copy
-from supernet import SupernetConfig, build_supernet
+from sparsearch.fitness.evaluator import Evaluator
+from sparsearch.fitness.metrics import kl_per_token
+from sparsearch.fitness.schedule import PRESETS, Stage, TokenSchedule
+from sparsearch.fitness.teacher import TeacherCache
+from sparsearch.fitness.training import TrainConfig, train_copy
+from sparsearch.supernet import SupernetConfig, build_supernet
 
 
 def test_schedule_presets_and_parse():

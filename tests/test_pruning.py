@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from supernet import pruning
-from supernet.variants import attention_params, expectation_weights, mlp_kept_channels, mlp_params, Variant
+from sparsearch.supernet import pruning
+from sparsearch.supernet.variants import attention_params, expectation_weights, mlp_kept_channels, mlp_params, Variant
 
 F64 = torch.float64
 

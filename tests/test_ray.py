@@ -11,10 +11,10 @@ from safetensors.torch import save_file
 ray = pytest.importorskip("ray")
 
 from conftest import tiny_model, tiny_tokenizer  # noqa: E402
-from fitness.pool import EvaluatorSpec, InProcessPool, RayPool  # noqa: E402
-from search.budget import Budget, CostModel  # noqa: E402
-from search.evolution import EvolutionConfig, EvolutionEngine  # noqa: E402
-from supernet import SupernetConfig, build_supernet  # noqa: E402
+from sparsearch.fitness.pool import EvaluatorSpec, InProcessPool, RayPool  # noqa: E402
+from sparsearch.search.budget import Budget, CostModel  # noqa: E402
+from sparsearch.search.evolution import EvolutionConfig, EvolutionEngine  # noqa: E402
+from sparsearch.supernet import SupernetConfig, build_supernet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEDULE = ((2, 32, 0), (1, 64, 0))

@@ -5,8 +5,8 @@ import copy
 import pytest
 import torch
 
-from supernet import Stitcher, SupernetConfig, build_supernet
-from supernet.models import load_model
+from sparsearch.supernet import Stitcher, SupernetConfig, build_supernet
+from sparsearch.supernet.models import load_model
 
 pytestmark = pytest.mark.slow
 

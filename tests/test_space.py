@@ -1,7 +1,7 @@
 import pytest
 
-from search.errors import SparsearchError
-from search.space import Ladder, Level, SearchSpace, Unit
+from sparsearch.search.errors import SparsearchError
+from sparsearch.search.space import Ladder, Level, SearchSpace, Unit
 
 
 def test_ladder_uniform_and_parse():

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from conftest import ARCHS, tiny_model
-from search.errors import SparsearchError
-from search.space import Unit
-from supernet import Stitcher, SupernetConfig, SupernetStore, build_supernet
-from supernet.adapters import DecoderAdapter
-from supernet.modules import PrunedAttention, PrunedMLP
-from supernet.store import MANIFEST
+from sparsearch.search.errors import SparsearchError
+from sparsearch.search.space import Unit
+from sparsearch.supernet import Stitcher, SupernetConfig, SupernetStore, build_supernet
+from sparsearch.supernet.adapters import DecoderAdapter
+from sparsearch.supernet.modules import PrunedAttention, PrunedMLP
+from sparsearch.supernet.store import MANIFEST
 
 CFG = SupernetConfig(batch_size=4, mlp_alignment=8, store_dtype="float32")
 
