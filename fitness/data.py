@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from sparsearch.search.config import require, require_choice, setting
 from sparsearch.search.errors import SparsearchError
 
 SOURCES = ("self", "text", "dataset")
@@ -25,24 +26,25 @@ class CalibrationConfig:
     source: ``self`` (sampled from the dense model, no data needed), ``text`` (a file) or
     ``dataset`` (a ``datasets`` spec ``NAME[:CONFIG[:SPLIT[:FIELD]]]``, split ``train`` and field
     ``text`` by default; NAME may be a local .json/.jsonl/.csv/.parquet file). ``location`` is
-    the file or the spec. ``sample_batch``: sequences sampled together by ``self`` (decoding is
-    much faster per token in large batches).
+    the file or the spec (on the command line: ``--calib-self``, ``--calib-text FILE`` or
+    ``--calib-dataset SPEC``).
     """
 
-    source: str = "self"
-    location: str | None = None
-    samples: int = 128
-    seqlen: int = 512
-    seed: int = 0
-    sample_batch: int = 64
+    source: str = setting("self", "calibration source", choices=SOURCES, cli=False)
+    location: str | None = setting(None, "calibration file or dataset spec", cli=False)
+    samples: int = setting(128, "calibration sequences", flag="calib-samples", metavar="N")
+    seqlen: int = setting(512, "tokens per calibration sequence", flag="calib-seqlen", metavar="T")
+    seed: int = setting(0, "calibration seed (the run's --seed)", cli=False)
+    sample_batch: int = setting(64, "sequences sampled together by --calib-self (larger is faster per token)",
+                                flag="calib-sample-batch", metavar="N")
 
     def __post_init__(self) -> None:
-        if self.source not in SOURCES:
-            raise ValueError(f"calibration source must be one of {SOURCES}, got {self.source!r}")
-        if self.source != "self" and not self.location:
-            raise ValueError(f"calibration source {self.source!r} needs a location (file or dataset spec)")
-        if self.samples < 1 or self.seqlen < 2 or self.sample_batch < 1:
-            raise ValueError("calibration needs samples >= 1, seqlen >= 2 and sample_batch >= 1")
+        require_choice("calibration source", self.source, SOURCES)
+        require(self.source == "self" or bool(self.location), "calibration location", self.location,
+                f"a file or dataset spec for source {self.source!r}")
+        require(self.samples >= 1, "calib_samples", self.samples, ">= 1")
+        require(self.seqlen >= 2, "calib_seqlen", self.seqlen, ">= 2")
+        require(self.sample_batch >= 1, "calib_sample_batch", self.sample_batch, ">= 1")
 
     def describe(self) -> dict:
         return {"source": self.source, "location": self.location, "seed": self.seed}

@@ -1,10 +1,13 @@
-"""The steps of a run, as plain functions over typed configs: supernet, fitness tokens, search."""
+"""The steps of a run, as plain functions over typed configs: supernet, fitness tokens, budget,
+starts, search; :func:`search` runs them in order and returns a :class:`SearchOutcome`."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -12,20 +15,45 @@ import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 
+from sparsearch.fitness.config import FitnessConfig
 from sparsearch.fitness.data import CalibrationConfig, calibration_tokens
-from sparsearch.fitness.evaluator import Evaluator
 from sparsearch.fitness.schedule import TokenSchedule
-from sparsearch.launch.config import BASELINES, SearchConfig
+from sparsearch.launch.cluster import ClusterConfig
+from sparsearch.launch.config import SearchConfig
+from sparsearch.launch.evaluators import FitnessFactory, OpenFitness
+from sparsearch.search.atomic import atomic_write
 from sparsearch.search.budget import Budget, CostModel
-from sparsearch.search.checkpoint import atomic_write
 from sparsearch.search.engine import Result
 from sparsearch.search.errors import SparsearchError
-from sparsearch.search.space import Genome, SearchSpace
+from sparsearch.search.registry import BEST_START, ENGINES, ONE_SHOT
+from sparsearch.search.space import Genome, Ladder, SearchSpace
 from sparsearch.supernet.build import build_supernet
 from sparsearch.supernet.config import SupernetConfig
+from sparsearch.supernet.fingerprint import tokens_fingerprint
+from sparsearch.supernet.stitch import Stitcher
 from sparsearch.supernet.store import SupernetStore
 
 Log = Callable[[str], None]
+FITNESS_TOKENS = "fitness_tokens.safetensors"
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    """What a search found. ``store``/``space``/``budget`` are those the best genome indexes (Týr:
+    its last round's); ``baselines`` are the scored one-shot starts ``{name: {genome, kl, sparsity}}``;
+    ``stitcher`` holds the run's model, stitched to the best genome."""
+
+    result: Result
+    space: SearchSpace
+    budget: Budget
+    store: SupernetStore
+    uniform_genome: Genome
+    uniform_fitness: float
+    baselines: dict[str, dict[str, Any]]
+    schedule: list[dict[str, int]]
+    nodes: list[str]
+    params_total: int
+    stitcher: Stitcher
 
 
 def ensure_supernet(
@@ -50,7 +78,7 @@ def ensure_supernet(
 def fitness_tokens(calib: CalibrationConfig, schedule: TokenSchedule, model, tokenizer, run_dir: Path) -> torch.Tensor:
     """Fitness tokens: the calibration source again with another seed (never held-out text), as many
     sequences as the schedule's last stage needs; kept in the run directory for resumes."""
-    path = run_dir / "fitness_tokens.safetensors"
+    path = run_dir / FITNESS_TOKENS
     rows = math.ceil(schedule.max_tokens / calib.seqlen)
     if path.is_file():
         tokens = load_file(str(path))["tokens"]
@@ -81,8 +109,6 @@ def baseline_genomes(
 ) -> dict[str, Genome]:
     """One-shot allocations (no fitness evaluated) on ``space`` under ``budget``; ``model`` must be
     dense. OWL and FLAP share one calibration pass over ``tokens``."""
-    import random
-
     from sparsearch.supernet.capture import input_moments
     from sparsearch.supernet.flap import flap_genome
     from sparsearch.supernet.owl import owl_genome
@@ -98,129 +124,110 @@ def baseline_genomes(
         elif name == "flap":
             out[name] = flap_genome(model, space, budget, moments, rng)[0]
         else:
-            raise SparsearchError(f"unknown baseline {name!r}")
+            raise SparsearchError(f"unknown one-shot allocation {name!r}")
     return out
 
 
+def start_names(cfg: SearchConfig) -> tuple[str, ...]:
+    """The one-shot allocations a run scores as starts: a one-shot engine's own; for a search,
+    its ``--init`` (all of them for ``best``; none for the default uniform start)."""
+    if cfg.engine in ONE_SHOT:
+        return (cfg.engine,)
+    return {"uniform": (), BEST_START: ONE_SHOT}.get(cfg.init, (cfg.init,))
+
+
+class TyrRounds:
+    """Týr's ``rebuild(round, ladders)``: the round's supernet, built once in ``R/tyr/roundN`` on
+    the first supernet's calibration tokens, and its fitness (the previous round's is closed)."""
+
+    def __init__(self, model, store: SupernetStore, supernet_cfg: SupernetConfig, factory: FitnessFactory,
+                 fitness: OpenFitness, run_dir: Path, *, progress: bool, log: Log):
+        self.model, self.first, self.supernet_cfg, self.factory = model, store, supernet_cfg, factory
+        self.store, self.fitness = store, fitness
+        self.run_dir, self.progress, self.log = run_dir, progress, log
+        self.tokens = store.calibration()
+        if self.tokens is None:
+            raise SparsearchError(f"supernet at {store.path} keeps no calibration tokens; rebuild it for tyr")
+
+    def __call__(self, round_index: int, ladders: dict[str, Ladder]) -> tuple[SearchSpace, OpenFitness]:
+        self.fitness.close()  # the model is dense again: the next round prunes it anew
+        out = self.run_dir / "tyr" / f"round{round_index}"
+        self.log(f"tyr round {round_index}: supernet in {out}")
+        if SupernetStore.is_complete(out):
+            store = SupernetStore.open(out)
+        else:
+            store = build_supernet(self.model, self.tokens, str(out),
+                                   dataclasses.replace(self.supernet_cfg, unit_ladders=ladders),
+                                   model_name=self.first.manifest["model"]["name"],
+                                   calibration=self.first.manifest["calibration"], progress=self.progress)
+        self.store, self.fitness = store, self.factory.open(store)
+        return store.space(), self.fitness
+
+
+def run_settings(cfg: SearchConfig, fitness: FitnessConfig, store: SupernetStore, tokens: torch.Tensor) -> dict[str, Any]:
+    """What a resumed run must share with the original: everything that changes a score or the budget."""
+    return {"target_sparsity": cfg.target_sparsity, "cost": cfg.cost, "tolerance": cfg.tolerance,
+            "schedule": [list(dataclasses.astuple(s)) for s in fitness.token_schedule.stages], "topk": fitness.topk,
+            "supernet": store.fingerprint, "fitness_tokens": tokens_fingerprint(tokens)}
+
+
 def search(
-    model, tokenizer, store: SupernetStore, cfg: SearchConfig, *, calib: CalibrationConfig,
+    model, tokenizer, store: SupernetStore, cfg: SearchConfig, *, fitness: FitnessConfig, calib: CalibrationConfig,
     supernet_cfg: SupernetConfig, run_dir: Path, resume: bool, log: Log, progress: bool,
-    model_spec: str | None = None, workers: int = 1, ray_address: str | None = None,
-) -> dict[str, Any]:
-    """Search the budget allocation; returns what the summary needs (best genome, its space, ...).
-
-    With ``workers > 1`` or a ``ray_address``, fitness runs on a Ray actor pool (each actor loads
-    ``model_spec`` itself); otherwise in this process on ``model``. Afterwards ``model`` is the
-    stitched best candidate.
-    """
-    from sparsearch.search.evolution import EvolutionEngine
-    from sparsearch.search.nsga2 import NSGA2Engine
-    from sparsearch.search.tpe import TPEEngine
-    from sparsearch.search.tyr import TyrEngine
-    from sparsearch.supernet.stitch import Stitcher
-
-    started = time.perf_counter()
-    schedule = cfg.token_schedule
+    model_spec: str | None = None, cluster: ClusterConfig = ClusterConfig(),
+) -> SearchOutcome:
+    """Search the budget allocation of ``store`` for ``model`` (dense on entry; stitched to the
+    best genome on return). Fitness runs in process, or on Ray actors (``cluster``), each of
+    which loads ``model_spec`` itself."""
+    schedule = fitness.token_schedule
     tokens = fitness_tokens(calib, schedule, model, tokenizer, run_dir)
-    distributed = workers > 1 or ray_address is not None
-    teacher = {}
-
-    def fitness_for(st: SupernetStore):
-        if distributed:
-            from sparsearch.fitness.pool import EvaluatorSpec, RayPool
-            from sparsearch.launch.cluster import connect
-
-            connect(ray_address, num_cpus=max(workers, 1))
-            import torch
-
-            spec = EvaluatorSpec(model=model_spec or store.manifest["model"]["name"], supernet=str(st.path),
-                                 tokens=str(run_dir / "fitness_tokens.safetensors"),
-                                 schedule=tuple((s.survivors, s.tokens, s.train_tokens) for s in schedule.stages),
-                                 topk=cfg.topk, batch_size=cfg.eval_batch_size, seed=cfg.seed, threads=1)
-            gpus = 1 if torch.cuda.is_available() else 0
-            return RayPool(spec, max(workers, 1), num_gpus=gpus, num_cpus=0 if gpus else 1)
-        ev = Evaluator(model, st, tokens, schedule, topk=cfg.topk, batch_size=cfg.eval_batch_size,
-                       teacher=teacher.get("cache"))
-        teacher["cache"] = ev.teacher
-        return ev
-
-    def restore_dense(fit) -> None:
-        if not distributed:
-            fit.stitcher.apply(fit.space.dense)
-
+    factory = FitnessFactory(model, model_spec=model_spec or store.manifest["model"]["name"], tokens=tokens,
+                             tokens_path=run_dir / FITNESS_TOKENS, fitness=fitness, cluster=cluster, seed=cfg.seed)
     space = store.space()
     shape = store.manifest["model"]["shape"]
     budget_of = lambda sp: make_budget(sp, cfg, shape["head_dim"], calib.seqlen)  # noqa: E731
     budget = budget_of(space)
-    final = len(schedule) - 1
-    wanted = (cfg.engine,) if cfg.engine in BASELINES else {"uniform": (), "best": BASELINES}.get(cfg.init, (cfg.init,))
+
+    names = start_names(cfg)
     baseline_tokens = None
-    if set(wanted) - {"uniform"}:
-        log(f"baselines: scoring {', '.join(n for n in wanted if n != 'uniform')} on {cfg.baseline_samples} "
+    if set(names) - {"uniform"}:
+        log(f"baselines: scoring {', '.join(n for n in names if n != 'uniform')} on {cfg.baseline_samples} "
             "calibration sequences")
         baseline_tokens = baseline_calibration(store, calib, cfg.baseline_samples, model, tokenizer)
-    starts = baseline_genomes(tuple(wanted), model, space, budget, cfg.target_sparsity, baseline_tokens,
-                              seed=cfg.seed, batch_size=cfg.eval_batch_size)
-    state = {"store": store, "fitness": fitness_for(store)}
-    baselines: dict[str, dict[str, Any]] = {}
+    starts = baseline_genomes(names, model, space, budget, cfg.target_sparsity, baseline_tokens,
+                              seed=cfg.seed, batch_size=fitness.batch_size)
+
+    fit = factory.open(store)
+    rounds = None
     try:
-        if starts:
-            names = list(starts)
-            scores = state["fitness"].evaluate_many([starts[n] for n in names], final)
-            baselines = {n: {"genome": list(starts[n]), "kl": sc, "sparsity": space.sparsity(starts[n])}
-                         for n, sc in zip(names, scores)}
-            for n in names:
-                log(f"baseline {n}: sparsity {baselines[n]['sparsity']:.4f}, KL {baselines[n]['kl']:.5f}")
-        if cfg.engine in BASELINES:
-            result = Result(starts[cfg.engine], baselines[cfg.engine]["kl"], 1, round(time.perf_counter() - started, 3))
-        else:
-            start = min(starts, key=lambda n: baselines[n]["kl"]) if starts else None
-            if start is not None:
-                log(f"{cfg.engine}: starting from the {start} allocation")
-            classes = {"evolution": EvolutionEngine, "nsga2": NSGA2Engine, "tpe": TPEEngine, "tyr": TyrEngine}
-            extra: dict[str, Any] = {}
-            if cfg.engine == "tyr":
-                calib_tokens = store.calibration()
-                if calib_tokens is None:
-                    raise SparsearchError(f"supernet at {store.path} keeps no calibration tokens; rebuild it for tyr")
-
-                def rebuild(round_index: int, ladders):
-                    restore_dense(state["fitness"])  # prune the dense model again
-                    out = run_dir / "tyr" / f"round{round_index}"
-                    log(f"tyr round {round_index}: supernet with ladder step "
-                        f"{cfg.engine_config().step(round_index)} in {out}")
-                    st = SupernetStore.open(out) if SupernetStore.is_complete(out) else build_supernet(
-                        model, calib_tokens, str(out), dataclasses.replace(supernet_cfg, unit_ladders=ladders),
-                        model_name=store.manifest["model"]["name"], calibration=store.manifest["calibration"],
-                        progress=progress)
-                    if distributed:
-                        state["fitness"].close()
-                    state.update(store=st, fitness=fitness_for(st))
-                    return st.space(), state["fitness"]
-
-                extra = {"rebuild": rebuild, "make_budget": budget_of}
-            engine = classes[cfg.engine](space, budget, state["fitness"], cfg.engine_config(), run_dir=str(run_dir),
-                                         seed=cfg.seed, log=log, start=starts.get(start), **extra)
-            result = engine.run(resume=resume)
-            result = dataclasses.replace(result, evaluations=result.evaluations + len(starts))
-            space, budget = engine.space, engine.budget
-        same_supernet = state["store"] is store  # tyr rounds move on to rebuilt supernets
-        store, fit = state["store"], state["fitness"]
+        engine_cls = ENGINES[cfg.engine][0]
+        extra: dict[str, Any] = {}
+        if cfg.engine == "tyr":
+            rounds = TyrRounds(model, store, supernet_cfg, factory, fit, run_dir, progress=progress, log=log)
+            extra = {"rebuild": rounds, "make_budget": budget_of}
+        engine = engine_cls(space, budget, fit, cfg.engine_config, run_dir=str(run_dir), seed=cfg.seed, log=log,
+                            starts=starts, **extra)
+        result = engine.run(resume=resume, settings=run_settings(cfg, fitness, store, tokens))
+        baselines = {n: {"genome": list(g), "kl": result.start_scores[n], "sparsity": space.sparsity(g)}
+                     for n, g in starts.items()}
+        if rounds is not None:
+            store, fit = rounds.store, rounds.fitness
+        same_supernet = engine.space is space
+        space, budget = engine.space, engine.budget
         uniform = space.uniform(cfg.target_sparsity)
         scored = baselines.get("uniform")
         if same_supernet and scored is not None and tuple(scored["genome"]) == uniform:
-            uniform_score = scored["kl"]  # scored as a baseline already, on the same supernet
+            uniform_score = scored["kl"]  # scored as a start already, on the same supernet
         else:
-            uniform_score = fit.evaluate_many([uniform], final)[0]
-        workers_nodes = sorted(set(fit.nodes)) if distributed else []
+            uniform_score = fit.evaluate_many([uniform], len(schedule) - 1)[0]
+        nodes = sorted(set(fit.nodes))
     finally:
-        if distributed:
-            state["fitness"].close()
-    stitcher = Stitcher(model, store) if distributed else fit.stitcher
+        if factory.distributed:
+            fit.close()
+    stitcher = fit.stitcher if not factory.distributed else Stitcher(model, store)
     stitcher.apply(result.best_genome)
-    return {
-        "result": result, "space": space, "budget": budget, "store": store, "uniform_genome": uniform,
-        "uniform_fitness": uniform_score, "params_total": sum(p.numel() for p in model.parameters()),
-        "schedule": [dataclasses.asdict(s) for s in schedule.stages], "nodes": workers_nodes,
-        "baselines": baselines, "stitcher": stitcher,
-    }
+    return SearchOutcome(
+        result=result, space=space, budget=budget, store=store, uniform_genome=uniform, uniform_fitness=uniform_score,
+        baselines=baselines, schedule=[dataclasses.asdict(s) for s in schedule.stages], nodes=nodes,
+        params_total=sum(p.numel() for p in model.parameters()), stitcher=stitcher,
+    )

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sparsearch.search.checkpoint import HISTORY, atomic_write_json
+from sparsearch.search.atomic import atomic_write_json
+from sparsearch.search.runfiles import HISTORY
+
+if TYPE_CHECKING:
+    from sparsearch.launch.pipeline import SearchOutcome
 
 SUMMARY = "summary.json"
 
 
-def build_summary(found: dict[str, Any], *, model: str, engine: str, target_sparsity: float,
+def build_summary(outcome: "SearchOutcome", *, model: str, engine: str, target_sparsity: float,
                   wall_time_s: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    result, space, budget = found["result"], found["space"], found["budget"]
+    result, space, budget = outcome.result, outcome.space, outcome.budget
     g = tuple(result.best_genome)
     return {
         "model": model,
@@ -24,16 +28,16 @@ def build_summary(found: dict[str, Any], *, model: str, engine: str, target_spar
         "best_genome": list(g),
         "sparsity": space.sparsity(g),
         "params": {"prunable_dense": space.dense_params, "prunable_kept": space.params(g),
-                   "total": found["params_total"]},
+                   "total": outcome.params_total},
         "fitness": {"kl": result.best_fitness, "metric": "mean top-k KL(dense || candidate), nats/token",
-                    "schedule": found["schedule"]},
-        "uniform": {"genome": list(found["uniform_genome"]), "sparsity": space.sparsity(found["uniform_genome"]),
-                    "kl": found["uniform_fitness"]},
-        "baselines": found.get("baselines", {}),
+                    "schedule": outcome.schedule},
+        "uniform": {"genome": list(outcome.uniform_genome), "sparsity": space.sparsity(outcome.uniform_genome),
+                    "kl": outcome.uniform_fitness},
+        "baselines": outcome.baselines,
         "evaluations": result.evaluations,
         "per_layer": space.per_layer(g),
         "pareto": result.pareto,
-        "supernet": str(found["store"].path),
+        "supernet": str(outcome.store.path),
         "wall_time_s": round(wall_time_s, 2),
         **(extra or {}),
     }
@@ -130,3 +134,21 @@ def model_card(summary: dict[str, Any], genome: list[int], per_layer: list[dict[
         "",
     ]
     return "\n".join(lines)
+
+
+def export_genome(model, tokenizer, summary: dict[str, Any], genome: list[int], out: Path, space,
+                  dtype: str = "auto") -> Path:
+    """Export ``model`` (stitched to ``genome``, the run's best or a Pareto point) to ``out``, with
+    a model card from the run's ``summary``."""
+    import torch
+
+    from sparsearch.supernet.export import export
+
+    if genome != summary["best_genome"]:
+        summary = {k: v for k, v in summary.items() if k != "heldout"}  # measured for the best genome only
+    info = {**summary, "sparsity_of_genome": space.sparsity(tuple(genome)),
+            "fitness_of_genome": summary["fitness"]["kl"] if genome == summary["best_genome"]
+            else next(p["fitness"] for p in summary["pareto"] if p["genome"] == genome)}
+    params = sum(p.numel() for p in model.parameters())
+    card = model_card(info, genome, space.per_layer(tuple(genome)), params)
+    return export(model, tokenizer, out, card=card, dtype=None if dtype == "auto" else getattr(torch, dtype))

@@ -1,6 +1,11 @@
-"""The one exception type that the command line turns into a one-line error and a non-zero exit."""
+"""The project's own exceptions: the command line turns them into one ``sparsearch: error:`` line
+and a non-zero exit; anything else is a bug and keeps its traceback."""
 
 
 class SparsearchError(Exception):
     """Bad input or state that the user can fix: missing model, unsupported architecture,
     infeasible budget, corrupt or mismatched supernet. The message is one readable line."""
+
+
+class ConfigError(SparsearchError, ValueError):
+    """A configuration value that fails validation; the message names the setting and the value."""

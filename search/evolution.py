@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sparsearch.search.budget import Budget
-from sparsearch.search.checkpoint import CachedFitness
+from sparsearch.search.cache import CachedFitness
+from sparsearch.search.config import require, setting
 from sparsearch.search.engine import Engine
 from sparsearch.search.mutation import level_switch
 from sparsearch.search.space import Genome
@@ -22,13 +23,14 @@ from sparsearch.search.space import Genome
 
 @dataclass(frozen=True)
 class EvolutionConfig:
-    generations: int = 50
-    offspring: int = 16
-    max_flips: int = 3
+    generations: int = setting(20, "generations (tyr: per round)")
+    offspring: int = setting(8, "mutants per generation")
+    max_flips: int = setting(3, "level switches per mutation, at most")
 
     def __post_init__(self) -> None:
-        if self.generations < 0 or self.offspring < 1 or self.max_flips < 1:
-            raise ValueError(f"bad evolution config {self}")
+        require(self.generations >= 0, "generations", self.generations, ">= 0")
+        require(self.offspring >= 1, "offspring", self.offspring, ">= 1")
+        require(self.max_flips >= 1, "max_flips", self.max_flips, ">= 1")
 
 
 def evolve_generation(
@@ -60,10 +62,6 @@ class EvolutionEngine(Engine):
     def initialize(self) -> None:
         self.parent = self.start_genome()
         self.parent_score = self.fitness.evaluate([self.parent], self.final_stage)[0]
-
-    @property
-    def final_stage(self) -> int:
-        return len(self.fitness.survivors) - 1
 
     def done(self) -> bool:
         return self.step_index >= self.config.generations

@@ -24,6 +24,7 @@ from typing import Any, Iterator
 
 from deap import base, tools
 
+from sparsearch.search.config import require, setting
 from sparsearch.search.engine import Engine
 from sparsearch.search.space import Genome
 
@@ -56,18 +57,20 @@ def _deap_random(rng: random.Random) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class NSGA2Config:
-    population: int = 24
-    generations: int = 20
-    cxpb: float = 0.6
-    indpb: float = 0.1
-    stage: int = 0
-    blocks: int = 0
+    population: int = setting(24, "NSGA-II population")
+    generations: int = setting(20, "generations (tyr: per round)")
+    cxpb: float = setting(0.6, "NSGA-II crossover probability")
+    indpb: float = setting(0.1, "NSGA-II per-unit mutation probability")
+    stage: int = setting(0, "fitness stage that scores each trial or individual")
+    blocks: int = setting(0, "NSGA-II divide and conquer: layer blocks (0 = off)")
 
     def __post_init__(self) -> None:
-        if self.population < 4 or self.generations < 0 or not 0 <= self.cxpb <= 1 or not 0 < self.indpb <= 1:
-            raise ValueError(f"bad nsga2 config {self}")
-        if self.blocks < 0 or self.stage < 0:
-            raise ValueError("blocks and stage must be >= 0")
+        require(self.population >= 4, "population", self.population, ">= 4")
+        require(self.generations >= 0, "generations", self.generations, ">= 0")
+        require(0 <= self.cxpb <= 1, "cxpb", self.cxpb, "within [0, 1]")
+        require(0 < self.indpb <= 1, "indpb", self.indpb, "within (0, 1]")
+        require(self.blocks >= 0, "blocks", self.blocks, ">= 0")
+        require(self.stage >= 0, "stage", self.stage, ">= 0")
 
 
 class NSGA2Engine(Engine):

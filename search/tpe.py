@@ -34,6 +34,7 @@ from typing import Any
 
 import optuna
 
+from sparsearch.search.config import require, require_choice, setting
 from sparsearch.search.engine import Engine
 from sparsearch.search.errors import SparsearchError
 from sparsearch.search.space import Genome
@@ -44,20 +45,22 @@ JOURNAL = "optuna.log"
 
 @dataclass(frozen=True)
 class TPEConfig:
-    trials: int = 200
-    storage: str | None = None
-    study_name: str = "sparsearch"
-    budget_mode: str = "repair"
-    stage: int = 0
-    startup_trials: int = 10
-    penalty: float = 1e6
-    finalists: int = 4
+    trials: int = setting(200, "TPE trials")
+    storage: str | None = setting(None, "TPE: Optuna storage URL (default: a journal file in the run directory)",
+                                  metavar="URL")
+    study_name: str = setting("sparsearch", "TPE study name")
+    budget_mode: str = setting("repair", "TPE budget handling", choices=BUDGET_MODES)
+    stage: int = setting(0, "fitness stage that scores each trial or individual")
+    startup_trials: int = setting(10, "TPE random trials before the model")
+    penalty: float = setting(1e6, "TPE value told for a genome over the budget", cli=False)
+    finalists: int = setting(4, "TPE: best trials re-scored on the final fitness stage")
 
     def __post_init__(self) -> None:
-        if self.budget_mode not in BUDGET_MODES:
-            raise ValueError(f"budget_mode must be one of {BUDGET_MODES}, got {self.budget_mode!r}")
-        if self.trials < 1 or self.startup_trials < 0 or self.stage < 0 or self.finalists < 0:
-            raise ValueError(f"bad tpe config {self}")
+        require_choice("budget_mode", self.budget_mode, BUDGET_MODES)
+        require(self.trials >= 1, "trials", self.trials, ">= 1")
+        require(self.startup_trials >= 0, "startup_trials", self.startup_trials, ">= 0")
+        require(self.stage >= 0, "stage", self.stage, ">= 0")
+        require(self.finalists >= 0, "finalists", self.finalists, ">= 0")
 
 
 class TPEEngine(Engine):

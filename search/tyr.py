@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from sparsearch.search.budget import Budget
-from sparsearch.search.checkpoint import CachedFitness, Fitness
+from sparsearch.search.cache import CachedFitness
+from sparsearch.search.fitness import Fitness
+from sparsearch.search.config import require, setting
 from sparsearch.search.engine import Engine
 from sparsearch.search.evolution import EvolutionConfig, evolve_generation
 from sparsearch.search.space import Genome, Ladder, SearchSpace
@@ -32,21 +34,18 @@ def centred_ladder(centre: float, step: float, levels: int = 9) -> Ladder:
 
 
 @dataclass(frozen=True)
-class TyrConfig:
-    rounds: int = 4
-    first_step: float = 0.125
-    levels: int = 9
-    generations: int = 50
-    offspring: int = 16
-    max_flips: int = 3
+class TyrConfig(EvolutionConfig):
+    """Evolution's settings (per round) and the rounds'."""
+
+    rounds: int = setting(4, "Týr coarse-to-fine rounds")
+    first_step: float = setting(0.125, "Týr: ladder step of round 0 (halved every round)")
+    levels: int = setting(9, "Týr: levels of each unit's centred ladder in later rounds")
 
     def __post_init__(self) -> None:
-        if self.rounds < 1 or not 0 < self.first_step <= 0.5 or self.levels < 2 or self.generations < 1:
-            raise ValueError(f"bad tyr config {self}")
-
-    @property
-    def evolution(self) -> EvolutionConfig:
-        return EvolutionConfig(self.generations, self.offspring, self.max_flips)
+        super().__post_init__()
+        require(self.rounds >= 1, "rounds", self.rounds, ">= 1")
+        require(0 < self.first_step <= 0.5, "first_step", self.first_step, "within (0, 0.5]")
+        require(self.levels >= 2, "levels", self.levels, ">= 2")
 
     def step(self, round_index: int) -> float:
         return self.first_step / 2**round_index
@@ -71,7 +70,7 @@ class TyrEngine(Engine):
 
     def initialize(self) -> None:
         self.parent = self.start_genome()
-        self.parent_score = self.fitness.evaluate([self.parent], len(self.fitness.survivors) - 1)[0]
+        self.parent_score = self.fitness.evaluate([self.parent], self.final_stage)[0]
 
     def done(self) -> bool:
         return self.round == self.config.rounds - 1 and self.generation >= self.config.generations
@@ -79,7 +78,7 @@ class TyrEngine(Engine):
     def step(self) -> dict[str, Any]:
         if self.generation < self.config.generations:
             self.parent, self.parent_score, record = evolve_generation(
-                self.parent, self.parent_score, self.fitness, self.budget, self.rng, self.config.evolution
+                self.parent, self.parent_score, self.fitness, self.budget, self.rng, self.config
             )
             self.generation += 1
             return {"round": self.round, "generation": self.generation, **record}
@@ -87,7 +86,7 @@ class TyrEngine(Engine):
         self.centres = {u.name: lv[g].sparsity for u, lv, g in zip(self.space.units, self.space.levels, self.parent)}
         self._enter_round(self.round + 1)
         self.parent = self.budget.repair(self._nearest(self.centres), self.rng)
-        self.parent_score = self.fitness.evaluate([self.parent], len(self.fitness.survivors) - 1)[0]
+        self.parent_score = self.fitness.evaluate([self.parent], self.final_stage)[0]
         return {"round": self.round, "generation": 0, "step_size": self.config.step(self.round),
                 "parent_fitness": self.parent_score}
 

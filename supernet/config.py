@@ -2,65 +2,71 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+from sparsearch.search.config import as_dict, require, require_choice, setting
+from sparsearch.search.errors import ConfigError
 from sparsearch.search.space import Ladder, Unit
 
 CRITERIA = ("obs", "magnitude")
+STORE_DTYPES = ("float32", "bfloat16", "float16")
+DEFAULT_LADDER = Ladder.uniform(0.125)
+SERVABLE_ATTN_LADDER = Ladder((0.0, 1.0))
+SERVABLE_ALIGNMENT = 256  # DeciLM's ffn_mult resolution
+
+
+def _ladder(name: str, value: Any) -> Ladder:
+    if isinstance(value, Ladder):
+        return value
+    try:
+        return Ladder.parse(value)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{name}: {e}") from None
 
 
 @dataclass(frozen=True)
 class SupernetConfig:
-    """How every unit's ladder of variants is made.
+    """How every unit's ladder of variants is made (see the field help; ``unit_ladders`` maps
+    unit names such as ``L003.mlp`` to ladders overriding the kind's, as Týr's rounds use)."""
 
-    attn_ladder / mlp_ladder: nominal sparsities of the levels (0 = dense ... 1 = removed).
-    mlp_alignment: kept MLP channel counts are multiples of this (hardware-friendly shapes).
-    balanced_heads: keep the same number of query heads in every kept KV group.
-    criterion: ``obs`` (greedy second-order removal) or ``magnitude`` (activation-weighted, faster).
-    refit: least-squares refit of the output projection's kept columns.
-    damping: relative Hessian damping (fraction of the mean diagonal).
-    error_accumulation: prune layer l+1 on the (1-s)-weighted expectation of layer l's variants.
-    store_dtype: dtype of the stored variant tensors.
-    batch_size: calibration sequences per forward pass.
-    mlp_chunk: MLP channels removed per greedy OBS step (0 = about 256 steps per unit).
-    unit_ladders: per-unit ladders (by unit name, e.g. ``L003.mlp``) overriding the kind's ladder,
-        as Týr's coarse-to-fine rounds use.
-    """
-
-    attn_ladder: Ladder = field(default_factory=lambda: Ladder.uniform(0.125))
-    mlp_ladder: Ladder = field(default_factory=lambda: Ladder.uniform(0.125))
-    mlp_alignment: int = 32
-    balanced_heads: bool = False
-    criterion: str = "obs"
-    refit: bool = True
-    damping: float = 0.01
-    error_accumulation: bool = True
-    store_dtype: str = "bfloat16"
-    batch_size: int = 8
-    mlp_chunk: int = 0
-    unit_ladders: Mapping[str, Ladder] | None = None
+    attn_ladder: Ladder = setting(DEFAULT_LADDER, "attention levels: a step or a comma list of sparsities",
+                                  metavar="STEP|LIST")
+    mlp_ladder: Ladder = setting(DEFAULT_LADDER, "MLP levels: a step or a comma list of sparsities",
+                                 metavar="STEP|LIST")
+    mlp_alignment: int = setting(32, "kept MLP channel counts are multiples of this")
+    balanced_heads: bool = setting(False, "keep the same number of query heads in every kept KV group")
+    criterion: str = setting("obs", "unit pruning criterion (magnitude: activation-weighted, faster)",
+                             choices=CRITERIA)
+    refit: bool = setting(True, "least-squares refit of the output projection's kept columns")
+    damping: float = setting(0.01, "relative Hessian damping (fraction of the mean diagonal)")
+    error_accumulation: bool = setting(True, "prune layer l+1 on the expectation of layer l's variants (Týr)")
+    store_dtype: str = setting("bfloat16", "dtype of the stored variant tensors", choices=STORE_DTYPES)
+    batch_size: int = setting(8, "calibration sequences per forward pass")
+    mlp_chunk: int = setting(0, "MLP channels removed per greedy OBS step (0 = about 256 steps per unit)")
+    servable: bool = setting(False, "only shapes vLLM's DeciLM (nemotron-nas) serves: attention kept or removed, "
+                             "balanced heads, MLP widths on 256")
+    unit_ladders: Mapping[str, Ladder] | None = setting(None, "per-unit ladders by unit name", cli=False)
 
     def __post_init__(self) -> None:
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        set_("attn_ladder", _ladder("attn_ladder", self.attn_ladder))
+        set_("mlp_ladder", _ladder("mlp_ladder", self.mlp_ladder))
         if self.unit_ladders is not None:
-            object.__setattr__(
-                self, "unit_ladders",
-                {k: v if isinstance(v, Ladder) else Ladder.parse(v) for k, v in self.unit_ladders.items()},
-            )
-        for name in ("attn_ladder", "mlp_ladder"):
-            value = getattr(self, name)
-            if not isinstance(value, Ladder):
-                object.__setattr__(self, name, Ladder.parse(value))
-        if self.criterion not in CRITERIA:
-            raise ValueError(f"criterion must be one of {CRITERIA}, got {self.criterion!r}")
-        if self.mlp_alignment < 1:
-            raise ValueError(f"mlp_alignment must be >= 1, got {self.mlp_alignment}")
-        if not 0.0 <= self.damping < 1.0:
-            raise ValueError(f"damping must be within [0, 1), got {self.damping}")
-        if self.store_dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"store_dtype must be float32, bfloat16 or float16, got {self.store_dtype!r}")
-        if self.batch_size < 1 or self.mlp_chunk < 0:
-            raise ValueError("batch_size must be >= 1 and mlp_chunk >= 0")
+            set_("unit_ladders", {k: _ladder(f"unit_ladders[{k}]", v) for k, v in self.unit_ladders.items()})
+        require_choice("criterion", self.criterion, CRITERIA)
+        require_choice("store_dtype", self.store_dtype, STORE_DTYPES)
+        require(self.mlp_alignment >= 1, "mlp_alignment", self.mlp_alignment, ">= 1")
+        require(0.0 <= self.damping < 1.0, "damping", self.damping, "within [0, 1)")
+        require(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
+        require(self.mlp_chunk >= 0, "mlp_chunk", self.mlp_chunk, ">= 0")
+        if self.servable:
+            require(self.attn_ladder in (DEFAULT_LADDER, SERVABLE_ATTN_LADDER), "attn_ladder",
+                    ",".join(map(str, self.attn_ladder.sparsities)), "0,1 (whole or removed) with servable")
+            set_("attn_ladder", SERVABLE_ATTN_LADDER)
+            set_("balanced_heads", True)
+            if self.mlp_alignment % SERVABLE_ALIGNMENT:
+                set_("mlp_alignment", SERVABLE_ALIGNMENT)
 
     def ladder(self, unit: Unit) -> Ladder:
         if self.unit_ladders and unit.name in self.unit_ladders:
@@ -68,17 +74,15 @@ class SupernetConfig:
         return self.attn_ladder if unit.kind == "attn" else self.mlp_ladder
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["attn_ladder"] = list(self.attn_ladder.sparsities)
-        d["mlp_ladder"] = list(self.mlp_ladder.sparsities)
+        d = as_dict(self)
         if self.unit_ladders is not None:
-            d["unit_ladders"] = {k: list(v.sparsities) for k, v in sorted(self.unit_ladders.items())}
+            d["unit_ladders"] = dict(sorted(d["unit_ladders"].items()))
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "SupernetConfig":
         """The config recorded in a supernet manifest (fields it lacks take their defaults)."""
-        known = {f for f in cls.__dataclass_fields__}
+        known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def identity(self) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from sparsearch.search.checkpoint import atomic_write, atomic_write_json
+from sparsearch.search.atomic import atomic_write, atomic_write_json
 from sparsearch.search.errors import SparsearchError
 from sparsearch.search.space import SearchSpace, Unit
 from sparsearch.supernet.variants import Variant
@@ -183,6 +183,13 @@ class SupernetStore:
             unit = Unit.parse(name)
             for i in range(len(self.levels(unit))):
                 self.read(unit, i)
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of what the supernet holds: its model, calibration, config and every variant file."""
+        keys = ("model", "calibration", "config", "units")
+        blob = json.dumps({k: self.manifest.get(k) for k in keys}, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
 
     @property
     def size_bytes(self) -> int:

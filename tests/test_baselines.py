@@ -106,12 +106,28 @@ def test_engines_start_from_a_given_genome(tmp_path):
     assert budget.feasible(start) and start != budget.repair(space.uniform(0.5), random.Random(0))
     fit = SyntheticFitness(space)
     evo = EvolutionEngine(space, budget, fit, EvolutionConfig(generations=0), run_dir=str(tmp_path / "evo"),
-                          start=start, log=None)
+                          starts={"given": start}, log=None)
     result = evo.run()
     assert result.best_genome == start and result.best_fitness == pytest.approx(fit.true(start))
-    tpe = TPEEngine(space, budget, fit, TPEConfig(trials=1), run_dir=str(tmp_path / "tpe"), start=start, log=None)
+    assert result.start_scores == {"given": result.best_fitness} and result.evaluations == 1
+    tpe = TPEEngine(space, budget, fit, TPEConfig(trials=1), run_dir=str(tmp_path / "tpe"), starts={"given": start},
+                    log=None)
     assert tpe.run().best_genome == start  # the enqueued first trial
     assert tpe.study.trials[0].user_attrs["genome"] == list(start)
     with pytest.raises(Exception, match="outside its ladder"):
         EvolutionEngine(space, budget, fit, EvolutionConfig(), run_dir=str(tmp_path / "x"),
-                        start=(99,) * len(space.units))
+                        starts={"bad": (99,) * len(space.units)})
+
+
+def test_the_best_of_several_starts_is_where_a_search_starts(tmp_path):
+    space = synthetic_space(layers=4)
+    budget = Budget.from_sparsity(CostModel.params(space), 0.5, 0.02)
+    fit = SyntheticFitness(space)
+    good = from_sparsities(space, budget, [0.2 if u.layer % 2 == 0 else 0.7 for u in space.units], random.Random(0))
+    bad = from_sparsities(space, budget, [0.7 if u.layer % 2 == 0 else 0.2 for u in space.units], random.Random(0))
+    assert fit.true(good) < fit.true(bad)
+    evo = EvolutionEngine(space, budget, fit, EvolutionConfig(generations=0), run_dir=str(tmp_path / "evo"),
+                          starts={"bad": bad, "good": good}, log=None)
+    result = evo.run()
+    assert result.best_genome == good
+    assert result.start_scores == pytest.approx({"bad": fit.true(bad), "good": fit.true(good)})

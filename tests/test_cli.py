@@ -191,17 +191,66 @@ def test_search_can_start_from_the_best_baseline(capsys, tmp_path, model_dir):
     assert history[0]["evaluations"] + 3 <= summary["evaluations"]  # the baselines' evaluations are counted
 
 
-def test_shipped_presets_are_valid(tmp_path, capsys):
-    from sparsearch.launch.cli import parse_args
+def test_shipped_presets_load_into_the_configs(tmp_path):
+    import yaml
+
+    from sparsearch.fitness.config import FitnessConfig
+    from sparsearch.launch.cli import calibration_config, parse_args, search_config
+    from sparsearch.supernet.config import SupernetConfig
 
     root = Path(__file__).resolve().parents[1] / "launch" / "presets"
     presets = sorted(root.glob("*.yaml"))
     assert presets
     for preset in presets:
-        args = parse_args(["run", "--config", str(preset), "--run-dir", str(tmp_path)])
-        from sparsearch.launch.cli import _calibration_config, _search_config, _supernet_config
+        raw = yaml.safe_load(preset.read_text())
+        _, o = parse_args(["run", "--config", str(preset), "--run-dir", str(tmp_path)])
+        search, calib = search_config(o, print), calibration_config(o)
+        supernet, fitness = o.config(SupernetConfig), o.config(FitnessConfig)
+        assert search.engine == raw["engine"] and search.target_sparsity == raw["target-sparsity"]
+        assert search.engine_config.generations == raw["generations"]
+        assert search.engine_config.offspring == raw["offspring"]
+        assert fitness.schedule == raw["schedule"] and calib.samples == raw["calib-samples"]
+        assert supernet.mlp_alignment == raw["mlp-alignment"] and o.model == raw["model"]
+        # flags given on the command line win over the preset
+        _, o = parse_args(["run", "--config", str(preset), "--generations", "7", "--calib-text", "t.txt"])
+        assert search_config(o, print).engine_config.generations == 7
+        assert calibration_config(o).source == "text"
 
-        _search_config(args), _supernet_config(args), _calibration_config(args)
+
+def test_flag_defaults_are_the_config_defaults():
+    """There is one default per setting: a command line with no flags builds the dataclasses' defaults."""
+    from sparsearch.fitness.config import FitnessConfig
+    from sparsearch.fitness.data import CalibrationConfig
+    from sparsearch.launch.cli import calibration_config, parse_args, search_config
+    from sparsearch.launch.config import SearchConfig
+    from sparsearch.search.registry import ENGINES
+    from sparsearch.supernet.config import SupernetConfig
+
+    for name, (_, cls) in ENGINES.items():
+        _, o = parse_args(["run", "--engine", name])
+        cfg = search_config(o, print)
+        assert cfg == SearchConfig(engine=name) and cfg.engine_config == cls()
+    _, o = parse_args(["run"])
+    assert o.config(SupernetConfig) == SupernetConfig() and o.config(FitnessConfig) == FitnessConfig()
+    assert calibration_config(o) == CalibrationConfig()
+    r = _run("-m", "sparsearch.launch.cli", "search", "--help")
+    assert "--generations GENERATIONS" in r.stdout and "(default: 20)" in r.stdout
+
+
+def test_config_errors_name_the_setting_and_the_value(capsys, tmp_path):
+    code = main(["run", "--generations", "-3", "--run-dir", str(tmp_path / "r")])
+    assert "generations must be >= 0, got -3" in _one_error_line(capsys, code)
+    code = main(["run", "--schedule", "4:128,2:64", "--run-dir", str(tmp_path / "r")])
+    assert "schedule" in _one_error_line(capsys, code)
+    code = main(["supernet", "--out", str(tmp_path / "sn"), "--damping", "2"])
+    assert "damping must be within [0, 1), got 2.0" in _one_error_line(capsys, code)
+    preset = tmp_path / "p.yaml"
+    preset.write_text("generations: many\n")
+    code = main(["run", "--config", str(preset)])
+    assert "--generations takes int values, got 'many'" in _one_error_line(capsys, code)
+    code = main(["run", "--no-such-flag"])
+    assert "unrecognized arguments: --no-such-flag" in _one_error_line(capsys, code)
+    assert not (tmp_path / "r").exists() and not (tmp_path / "sn").exists()
 
 
 def test_interrupted_supernet_build_resumes_with_its_stored_calibration(capsys, tmp_path, model_dir, monkeypatch):

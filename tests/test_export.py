@@ -87,15 +87,17 @@ def test_export_refuses_a_non_empty_folder(candidate, tmp_path):
 def test_servable_genomes_export_the_nemotron_nas_schema(tmp_path):
     import json
 
-    from sparsearch.launch.cli import _supernet_config, parse_args
+    import dataclasses
 
-    args = parse_args(["supernet", "--out", "x", "--servable", "--mlp-ladder", "0,0.5,1"])
-    cfg = _supernet_config(args)
+    from sparsearch.launch.cli import parse_args
+
+    _, o = parse_args(["supernet", "--out", "x", "--servable", "--mlp-ladder", "0,0.5,1"])
+    cfg = o.config(SupernetConfig)
     assert cfg.attn_ladder.sparsities == (0.0, 1.0) and cfg.mlp_alignment == 256 and cfg.balanced_heads
     model = tiny_model("llama", layers=3, hidden_size=64, intermediate_size=512, head_dim=16)
     tokens = torch.randint(0, 128, (6, 24), generator=torch.Generator().manual_seed(0))
     store = build_supernet(model, tokens, str(tmp_path / "sn"),
-                           SupernetConfig(**{**cfg.__dict__, "store_dtype": "float32", "batch_size": 3}), progress=False)
+                           dataclasses.replace(cfg, store_dtype="float32", batch_size=3), progress=False)
     Stitcher(model, store).apply((0, 1, 1, 2, 0, 0))
     out = export(model, None, tmp_path / "export")
     config = json.loads((out / "config.json").read_text())

@@ -1,0 +1,75 @@
+"""The fitness of a supernet, in this process or on a Ray actor pool, as the search engines see it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from sparsearch.fitness.config import FitnessConfig
+from sparsearch.fitness.evaluator import Evaluator
+from sparsearch.fitness.teacher import TeacherCache
+from sparsearch.launch.cluster import ClusterConfig, connect
+from sparsearch.search.fitness import Fitness
+from sparsearch.supernet.store import SupernetStore
+
+
+class OpenFitness(Fitness, Protocol):
+    nodes: list[str]
+
+    def close(self) -> None: ...
+
+
+class LocalFitness(Evaluator):
+    """An :class:`~sparsearch.fitness.evaluator.Evaluator` on the run's own model."""
+
+    @property
+    def nodes(self) -> list[str]:
+        return []
+
+    def close(self) -> None:
+        """Return the model to dense (it is pruned again by the next supernet, or reused)."""
+        self.stitcher.apply(self.space.dense)
+
+
+class FitnessFactory:
+    """Opens the fitness of a supernet: in this process on ``model`` (the dense teacher is cached
+    once and shared by every supernet of the run), or on ``cluster``'s Ray actors, each of which
+    loads ``model_spec`` and the supernet itself and reads the fitness tokens from ``tokens_path``."""
+
+    def __init__(self, model, *, model_spec: str, tokens: torch.Tensor, tokens_path: Path, fitness: FitnessConfig,
+                 cluster: ClusterConfig, seed: int):
+        self.model = model
+        self.model_spec = model_spec
+        self.tokens = tokens
+        self.tokens_path = tokens_path
+        self.fitness = fitness
+        self.cluster = cluster
+        self.seed = seed
+        self.accelerators = torch.accelerator.device_count() if torch.accelerator.is_available() else 0
+        self.teacher: TeacherCache | None = None
+
+    @property
+    def distributed(self) -> bool:
+        return self.cluster.distributed(self.accelerators)
+
+    @property
+    def workers(self) -> int:
+        return self.cluster.actors(self.accelerators)
+
+    def open(self, store: SupernetStore) -> OpenFitness:
+        schedule = self.fitness.token_schedule
+        if not self.distributed:
+            ev = LocalFitness(self.model, store, self.tokens, schedule, topk=self.fitness.topk,
+                              batch_size=self.fitness.batch_size, teacher=self.teacher)
+            self.teacher = ev.teacher
+            return ev
+        from sparsearch.fitness.pool import EvaluatorSpec, RayPool
+
+        connect(self.cluster.address, num_cpus=self.workers)
+        spec = EvaluatorSpec(model=self.model_spec, supernet=str(store.path), tokens=str(self.tokens_path),
+                             schedule=tuple((s.survivors, s.tokens, s.train_tokens) for s in schedule.stages),
+                             topk=self.fitness.topk, batch_size=self.fitness.batch_size, seed=self.seed, threads=1)
+        gpus = 1 if self.accelerators and torch.cuda.is_available() else 0  # Ray schedules CUDA GPUs
+        return RayPool(spec, self.workers, num_gpus=gpus, num_cpus=0 if gpus else 1)
