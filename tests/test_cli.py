@@ -14,15 +14,6 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
-def test_help_of_both_entry_points():
-    r = _run("search.py", "--help")
-    assert r.returncode == 0 and "--target-sparsity" in r.stdout and "--calib-text" in r.stdout
-    r = _run("-m", "sparsearch.launch.cli", "--help")
-    assert r.returncode == 0
-    for cmd in ("supernet", "eval", "run"):
-        assert cmd in r.stdout
-
-
 def _one_error_line(capsys, code):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
