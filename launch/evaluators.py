@@ -71,5 +71,6 @@ class FitnessFactory:
         spec = EvaluatorSpec(model=self.model_spec, supernet=str(store.path), tokens=str(self.tokens_path),
                              schedule=tuple((s.survivors, s.tokens, s.train_tokens) for s in schedule.stages),
                              topk=self.fitness.topk, batch_size=self.fitness.batch_size, seed=self.seed, threads=1)
-        gpus = 1 if self.accelerators and torch.cuda.is_available() else 0  # Ray schedules CUDA GPUs
+        # Ray's GPU resource counts CUDA devices; other accelerators run their actors on CPU slots
+        gpus = 1 if self.accelerators and torch.accelerator.current_accelerator().type == "cuda" else 0
         return RayPool(spec, self.workers, num_gpus=gpus, num_cpus=0 if gpus else 1)
