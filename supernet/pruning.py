@@ -9,8 +9,10 @@ All functions take the output projection's weight ``W`` (out x in) and the Hessi
   the least output error ``tr(W_S (H^-1_SS)^-1 W_S^T)``; then update ``W`` and ``H^-1``.
 - :func:`magnitude_removal_order`: a cheaper one-shot criterion, activation-weighted magnitude
   ``sum_j ||W[:, j]||^2 * H_jj`` per block.
-- :func:`refit`: least-squares refit of the kept columns, ``W_K = W H_:K (H_KK + lambda I)^-1``,
-  the minimiser of ``||X W^T - X_K W_K^T||^2``.
+- :func:`refit`: the OBS-consistent refit of the kept columns with the damped Hessian
+  ``Hd = H + lambda I``: ``W_K' = W Hd[:, K] Hd[K, K]^-1 = W_K + W_D H[D, K] (H[K, K] + lambda I)^-1``,
+  the minimiser of ``||X W^T - X_K W_K'^T||^2 + lambda ||W_K' - W_K||^2`` (dropped columns ``D``).
+  It returns ``W`` when nothing is dropped; with ``lambda = 0`` it is plain least squares.
 """
 
 from __future__ import annotations
@@ -86,16 +88,23 @@ def magnitude_removal_order(W: Tensor, H: Tensor, blocks: Tensor) -> list[int]:
 
 
 def refit(W: Tensor, H: Tensor, kept: Tensor, *, damping: float = 0.01) -> Tensor:
-    """Least-squares weights for the kept input columns ``kept`` (sorted indices).
+    """OBS-consistent weights for the kept input columns ``kept`` (sorted indices), in ``W``'s dtype.
 
-    Returns ``W H[:, K] (H[K, K] + lambda I)^-1`` in ``W``'s dtype: with ``damping=0`` and the
-    dropped columns' inputs being linear combinations of the kept ones, the layer's output on the
-    calibration inputs is reproduced exactly.
+    The damping regularises the *change* of the kept weights (towards ``W_K``), not the weights
+    themselves: ``W_K + W_D H[D, K] (H[K, K] + lambda I)^-1`` with ``lambda`` relative to the mean
+    of ``diag(H)`` as in the OBS removal order. With every column kept it is ``W``; with
+    ``damping=0`` and the dropped columns' inputs being linear combinations of the kept ones, the
+    layer's output on the calibration inputs is reproduced exactly.
     """
+    n = W.shape[1]
     if kept.numel() == 0:
         return W[:, :0].clone()
-    H64 = H.detach().to(torch.float64)
-    Hkk = damp(H64[kept][:, kept], damping)
-    rhs = W.detach().to(torch.float64) @ H64[:, kept]  # out x k
-    sol = torch.linalg.solve(Hkk, rhs.T).T
-    return sol.to(W.dtype)
+    if kept.numel() == n:
+        return W.detach()[:, kept].clone()
+    H64 = damp(H.detach().to(torch.float64), damping)
+    dropped = torch.ones(n, dtype=torch.bool, device=W.device)
+    dropped[kept] = False
+    W64 = W.detach().to(torch.float64)
+    rhs = W64[:, dropped] @ H64[dropped][:, kept]  # out x k: what the dropped columns carried
+    delta = torch.linalg.solve(H64[kept][:, kept], rhs.T).T
+    return (W64[:, kept] + delta).to(W.dtype)

@@ -27,6 +27,47 @@ def test_refit_recovers_output_when_dropped_inputs_are_combinations_of_kept():
     assert (X[:, kept] @ W[:, kept].T - X @ W.T).abs().max() > 0.1
 
 
+def _massive(n=512, d_in=64, d_out=16, seed=0):
+    """Inputs with one massive-activation channel (x1000), as real LLMs have, and some correlation."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(n, d_in // 2, generator=g, dtype=F64)
+    X = torch.cat([base, base @ torch.randn(d_in // 2, d_in // 2, generator=g, dtype=F64) * 0.3
+                   + 0.5 * torch.randn(n, d_in // 2, generator=g, dtype=F64)], 1)
+    X[:, 3] *= 1000.0
+    W = torch.randn(d_out, d_in, generator=g, dtype=F64)
+    return X, W
+
+
+def test_refit_with_every_column_kept_returns_w_exactly():
+    for X, W in (_data(), _massive()):
+        for dtype in (F64, torch.float32, torch.bfloat16):
+            w = W.to(dtype)
+            out = pruning.refit(w, X.T @ X, torch.arange(W.shape[1]), damping=0.01)
+            assert out.dtype == dtype and torch.equal(out, w)
+
+
+def test_refit_is_the_obs_consistent_update_under_damping():
+    """W_K + W_D H_DK (H_KK + lambda I)^-1, not the ridge W H_:K (H_KK + lambda I)^-1 that shrinks W_K:
+    with a massive channel the ridge's output error is much larger at 12.5% sparsity."""
+    X, W = _massive()
+    H = X.T @ X
+    n = W.shape[1]
+    dropped = torch.arange(n - n // 8, n)  # 12.5%, not the massive channel
+    kept = torch.arange(n - n // 8)
+    lam = 0.01 * torch.diagonal(H).mean()
+    Hkk = H[kept][:, kept] + lam * torch.eye(len(kept), dtype=F64)
+    consistent = W[:, kept] + W[:, dropped] @ H[dropped][:, kept] @ torch.linalg.inv(Hkk)
+    ridge = W @ H[:, kept] @ torch.linalg.inv(Hkk)
+    out = pruning.refit(W, H, kept, damping=0.01)
+    torch.testing.assert_close(out, consistent, rtol=1e-9, atol=1e-9)
+
+    def err(Wk):
+        return ((X @ W.T - X[:, kept] @ Wk.T) ** 2).sum().item()
+
+    assert err(out) == pytest.approx(err(consistent), rel=1e-9)
+    assert err(ridge) > 1.5 * err(out)
+
+
 def test_block_error_equals_least_squares_residual():
     X, W = _data()
     H = X.T @ X
