@@ -1,8 +1,9 @@
 """The dense model's logits on the fitness tokens, computed once and kept as top-k.
 
-For each position the cache holds the teacher's ``k`` largest logits, their token ids, and the
-log-normaliser (logsumexp over the full vocabulary). KL is then computed on the distributions
-coarsened to the teacher's top-k tokens plus one "rest" bucket:
+For each position the cache holds the teacher's ``k`` largest logits, their token ids, the
+log-normaliser (logsumexp over the full vocabulary) and the logsumexp of the other logits (the
+"rest" bucket). KL is then computed on the distributions coarsened to the teacher's top-k tokens
+plus the rest bucket:
 
     KL_k = sum_{i in top-k} p_i log(p_i / q_i) + p_rest log(p_rest / q_rest)
 
@@ -11,6 +12,9 @@ equality at ``k = vocabulary size``. The gap is exactly ``p_rest * KL(p~ || q~)`
 the two distributions renormalised within the rest bucket, hence at most
 ``p_rest * max_{j in rest} log(p~_j / q~_j)``: small when the teacher's tail mass is small, as it
 is for trained LMs with peaked next-token distributions (the tests check the bound).
+
+Both rest masses are taken in log space from logsumexps over the rest (never as ``1 - sum(top)``,
+which float32 turns into noise once a sharp student's rest mass falls below about 1e-7).
 """
 
 from __future__ import annotations
@@ -29,20 +33,26 @@ class TeacherCache:
     tokens: Tensor  # N x T token ids
     top_logits: Tensor  # N x T x k (float32)
     top_index: Tensor  # N x T x k (int64)
-    lse: Tensor  # N x T (float32)
+    lse: Tensor  # N x T (float32): logsumexp of all logits
+    rest_lse: Tensor  # N x T (float32): logsumexp of the logits outside the top k (-inf at k = vocabulary)
 
     @classmethod
     @torch.no_grad()
     def compute(cls, model, tokens: Tensor, k: int = 64, batch_size: int = 4) -> "TeacherCache":
         device = next(model.parameters()).device
-        vals, idx, lse = [], [], []
+        parts = []
         for start in range(0, tokens.shape[0], batch_size):
-            logits = model(input_ids=tokens[start : start + batch_size].to(device), use_cache=False).logits.float()
-            top = logits.topk(min(k, logits.shape[-1]), dim=-1)
-            vals.append(top.values.cpu())
-            idx.append(top.indices.cpu())
-            lse.append(torch.logsumexp(logits, -1).cpu())
-        return cls(tokens.cpu(), torch.cat(vals), torch.cat(idx), torch.cat(lse))
+            ids = tokens[start : start + batch_size]
+            parts.append(cls.from_logits(ids, model(input_ids=ids.to(device), use_cache=False).logits, k))
+        return cls(*(torch.cat([getattr(p, f) for p in parts]) for f in cls.__dataclass_fields__))
+
+    @classmethod
+    def from_logits(cls, tokens: Tensor, logits: Tensor, k: int) -> "TeacherCache":
+        """The cache of teacher ``logits`` (N x T x V) on ``tokens`` (N x T)."""
+        logits = logits.float()
+        top = logits.topk(min(k, logits.shape[-1]), dim=-1)
+        return cls(tokens.cpu(), top.values.cpu(), top.indices.cpu(), torch.logsumexp(logits, -1).cpu(),
+                   rest_logsumexp(logits, top.indices).cpu())
 
     @property
     def k(self) -> int:
@@ -50,22 +60,31 @@ class TeacherCache:
 
     def save(self, path: str | Path) -> None:
         save_file({"tokens": self.tokens, "top_logits": self.top_logits, "top_index": self.top_index,
-                   "lse": self.lse}, str(path))
+                   "lse": self.lse, "rest_lse": self.rest_lse}, str(path))
 
     @classmethod
     def load(cls, path: str | Path) -> "TeacherCache":
         t = load_file(str(path))
-        return cls(t["tokens"], t["top_logits"], t["top_index"], t["lse"])
+        return cls(t["tokens"], t["top_logits"], t["top_index"], t["lse"], t["rest_lse"])
 
     def kl(self, rows: slice, student_logits: Tensor) -> Tensor:
-        """Per-position top-k KL(teacher || student) for the cached sequences ``rows``."""
+        """Per-position top-k KL(teacher || student) for the cached sequences ``rows`` (float32)."""
         dev = student_logits.device
-        log_q = torch.log_softmax(student_logits.float(), -1)
-        log_p_top = (self.top_logits[rows] - self.lse[rows].unsqueeze(-1)).to(dev)
-        log_q_top = log_q.gather(-1, self.top_index[rows].to(dev))
-        p_top = log_p_top.exp()
-        kl = (p_top * (log_p_top - log_q_top)).sum(-1)
-        p_rest = (1.0 - p_top.sum(-1)).clamp_min(0.0)
-        q_rest = (1.0 - log_q_top.exp().sum(-1)).clamp_min(1e-30)
-        rest = torch.where(p_rest > 0, p_rest * (p_rest.clamp_min(1e-30).log() - q_rest.log()), torch.zeros_like(p_rest))
+        logits = student_logits.float()
+        index = self.top_index[rows].to(dev)
+        log_norm = torch.logsumexp(logits, -1)
+        log_q_top = logits.gather(-1, index) - log_norm.unsqueeze(-1)
+        log_q_rest = rest_logsumexp(logits, index) - log_norm
+        lse = self.lse[rows].to(dev)
+        log_p_top = self.top_logits[rows].to(dev) - lse.unsqueeze(-1)
+        log_p_rest = self.rest_lse[rows].to(dev) - lse
+        kl = (log_p_top.exp() * (log_p_top - log_q_top)).sum(-1)
+        rest = torch.where(torch.isfinite(log_p_rest), log_p_rest.exp() * (log_p_rest - log_q_rest),
+                           torch.zeros_like(log_p_rest))
         return kl + rest
+
+
+def rest_logsumexp(logits: Tensor, index: Tensor) -> Tensor:
+    """``logsumexp`` over the last dimension of ``logits`` without the entries ``index`` (-inf when
+    ``index`` covers every entry)."""
+    return torch.logsumexp(logits.scatter(-1, index, float("-inf")), -1)

@@ -66,6 +66,30 @@ def test_topk_kl_is_a_lower_bound_and_exact_at_full_vocab(setup):
         prev = gap.mean()
 
 
+@pytest.mark.parametrize("tau", [0.25, 0.5, 1.0, 2.0])
+def test_topk_kl_of_sharp_students_is_the_exact_coarse_kl(tau):
+    """V = 32k, k = 64: a student at temperature tau of the teacher. The cached KL equals the KL of
+    the distributions coarsened to the teacher's top 64 plus the rest (computed in float64 from the
+    full distributions), and lies between 0 and the full KL (a sharp student's rest mass is far
+    below float32's resolution of 1 - sum(top))."""
+    g = torch.Generator().manual_seed(0)
+    V, k = 32_000, 64
+    teacher = torch.randn(2, 16, V, generator=g) * 2.5
+    teacher[..., :8] += 9.0  # a peaked teacher, as trained LMs are
+    student = teacher / tau + 0.3 * torch.randn(2, 16, V, generator=g)
+    cache = TeacherCache.from_logits(torch.zeros(2, 16, dtype=torch.long), teacher, k)
+    approx = cache.kl(slice(0, 2), student)
+    log_p, log_q = torch.log_softmax(teacher.double(), -1), torch.log_softmax(student.double(), -1)
+    top = torch.zeros_like(log_p, dtype=torch.bool).scatter(-1, cache.top_index, True)
+    p_top, q_top = log_p.exp(), log_q.exp()
+    p_rest = torch.logsumexp(log_p.masked_fill(top, -torch.inf), -1)
+    q_rest = torch.logsumexp(log_q.masked_fill(top, -torch.inf), -1)
+    coarse = (torch.where(top, p_top * (log_p - log_q), 0.0)).sum(-1) + p_rest.exp() * (p_rest - q_rest)
+    full = (p_top * (log_p - log_q)).sum(-1)
+    torch.testing.assert_close(approx.double(), coarse, rtol=1e-4, atol=1e-4)
+    assert (approx >= -1e-6).all() and (approx.double() <= full + 1e-4).all()
+
+
 def test_teacher_cache_roundtrip(setup, tmp_path):
     model, _, fit = setup
     c = TeacherCache.compute(model, fit[:2], k=8)
