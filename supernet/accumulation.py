@@ -4,6 +4,10 @@ Without it, every layer is pruned on the dense model's activations, as if no ear
 pruned. With it, the hidden states passed on to the next block are the residual stream plus the
 (1 - s)-weighted expectation of the block's outputs over all its level variants, so later layers
 are pruned on inputs that carry the error the earlier layers will introduce.
+
+The weighted sum is taken in float32 and rounded to the model's dtype once: in bfloat16, each
+of up to nine rounded adds into the residual stream would cost more precision than the
+accumulation signal carries.
 """
 
 from __future__ import annotations
@@ -36,15 +40,16 @@ def next_hidden(
     if not accumulate:
         return [h + o for h, o in zip(hidden, dense_out)]
     weights = expectation_weights(variants)
-    out = [h + weights[0] * o for h, o in zip(hidden, dense_out)]
+    f32 = torch.float32
+    out = [h.to(f32) + weights[0] * o.to(f32) for h, o in zip(hidden, dense_out)]
     for v, w in zip(variants[1:], weights[1:]):
         if w == 0.0:
             continue
         if v.tensors is None:  # a level whose kept structure is the dense one
             for b, o in enumerate(dense_out):
-                out[b] += w * o
+                out[b] += w * o.to(f32)
             continue
         module = make_module(v)
         for b in range(len(hidden)):
-            out[b] += w * run(module, b)
-    return out
+            out[b] += w * run(module, b).to(f32)
+    return [o.to(h.dtype) for o, h in zip(out, hidden)]
