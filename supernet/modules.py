@@ -101,7 +101,10 @@ class StitchedLayer(nn.Module):
     """A decoder layer whose attention and MLP slots hold dense, pruned or no (``None``) blocks.
 
     Same call signature and arithmetic as the Llama-family decoder layer; a removed block is
-    skipped entirely (no norm, no matmul, no residual add).
+    skipped entirely (no norm, no matmul, no residual add). With a KV cache, a removed attention
+    block still advances its cache layer by the new tokens (with one-element stand-ins for keys and
+    values): the model reads the cache's length from its first layer to place new tokens, so a
+    stitched model whose first attention is removed would otherwise restart positions.
     """
 
     def __init__(self, layer: nn.Module):
@@ -112,6 +115,7 @@ class StitchedLayer(nn.Module):
         self.mlp: nn.Module | None = layer.mlp
         # the original blocks, outside the module tree (not in state_dict), to restore level 0
         self.__dict__["dense_blocks"] = {"attn": layer.self_attn, "mlp": layer.mlp}
+        self.cache_index = getattr(layer.self_attn, "layer_idx", None)
         for name in ("attention_type", "layer_idx"):
             if hasattr(layer, name):
                 setattr(self, name, getattr(layer, name))
@@ -137,6 +141,9 @@ class StitchedLayer(nn.Module):
                 **kwargs,
             )
             hidden_states = hidden_states + attn_out
+        elif past_key_values is not None and self.cache_index is not None:
+            stand_in = hidden_states.new_zeros(hidden_states.shape[0], 1, hidden_states.shape[1], 1)
+            past_key_values.update(stand_in, stand_in, self.cache_index)
         if self.mlp is not None:
             hidden_states = hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
         return hidden_states

@@ -75,6 +75,39 @@ def test_apply_a_then_b_equals_b_on_fresh_model(built):
     torch.testing.assert_close(_logits(m1, tokens), _logits(dense, tokens), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("removed", ["first", "last", "first-layer"])
+def test_cached_decoding_equals_full_forward_with_attention_removed(built, removed):
+    """Greedy decoding with a KV cache gives the logits of a full forward at every step, also when
+    the first (or last) layer's attention is removed."""
+    _, dense, store, tokens = built
+    space = store.space()
+    genome = list(space.uniform(0.25))
+    last = {"attn": len(space.levels[0]) - 1, "mlp": len(space.levels[1]) - 1}
+    if removed == "first":
+        genome[0] = last["attn"]
+    elif removed == "last":
+        genome[-2] = last["attn"]
+    else:  # the whole first layer
+        genome[0], genome[1] = last["attn"], last["mlp"]
+    model = copy.deepcopy(dense)
+    Stitcher(model, store).apply(tuple(genome))
+    assert model.model.layers[0 if removed != "last" else 2].self_attn is None
+    prompt = tokens[:2, :5]
+    with torch.no_grad():
+        # as a decoding loop calls the model: new tokens and the cache, positions from the cache
+        seq, past, step_in, steps = prompt, None, prompt, []
+        for _ in range(8):
+            res = model(input_ids=step_in, past_key_values=past, use_cache=True)
+            past, logits = res.past_key_values, res.logits[:, -1]
+            steps.append(logits)
+            step_in = logits.argmax(-1, keepdim=True)
+            seq = torch.cat([seq, step_in], 1)
+        full = model(input_ids=seq, use_cache=False).logits
+        torch.testing.assert_close(torch.stack(steps, 1), full[:, prompt.shape[1] - 1 : -1], rtol=1e-4, atol=1e-4)
+        out = model.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=True, pad_token_id=0)
+    assert torch.equal(out, seq)
+
+
 def test_stitched_model_has_real_smaller_tensors(built):
     _, dense, store, _ = built
     space = store.space()
