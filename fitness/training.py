@@ -1,7 +1,14 @@
-"""Short training of a candidate on a copy (DarwinLM's training-aware selection).
+"""Training a (pruned) model: short training-aware selection (DarwinLM) and healing share it.
 
-The candidate is deep-copied, so the stitched model, the dense weights it shares modules with,
-and the supernet are never modified.
+:class:`Trainer` runs AdamW steps on a model's parameters with a loss given by the caller
+(next-token cross-entropy here; distillation from the dense teacher for ``heal``). Parameters
+in a low-precision dtype (bfloat16, float16) get float32 *master weights*: the optimizer updates
+the masters and the rounded result is written back after each step, so updates smaller than the
+low-precision resolution accumulate instead of rounding away (at lr 1e-5 most bf16 updates do).
+
+:func:`train_copy` trains a copy of the stitched candidate for training-aware selection. The copy
+holds only the candidate's own modules: the dense blocks a stitched model keeps hidden (to
+restore level 0) are not copied, and the dense model and the supernet are never modified.
 """
 
 from __future__ import annotations
@@ -9,52 +16,177 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparsearch.search.config import require, require_choice, setting
+
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+SCHEDULES = ("constant", "cosine")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """AdamW on the next-token loss. ``batch_size`` sequences per step; ``max_grad_norm`` clips."""
+    """AdamW: ``batch_size`` sequences per micro-batch, ``grad_accum`` micro-batches per step,
+    gradients clipped to ``max_grad_norm``; ``lr_schedule``: constant, or cosine decay to
+    ``min_lr_ratio * lr`` after ``warmup_steps`` of linear warm-up."""
 
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    batch_size: int = 4
-    max_grad_norm: float = 1.0
+    lr: float = setting(1e-5, "AdamW learning rate")
+    weight_decay: float = setting(0.0, "AdamW weight decay")
+    batch_size: int = setting(4, "sequences per micro-batch", flag="train-batch-size")
+    grad_accum: int = setting(1, "micro-batches per optimizer step")
+    max_grad_norm: float = setting(1.0, "gradient clipping norm")
+    lr_schedule: str = setting("constant", "learning-rate schedule", choices=SCHEDULES)
+    warmup_steps: int = setting(0, "linear warm-up steps (cosine schedule)")
+    min_lr_ratio: float = setting(0.1, "cosine schedule: final learning rate as a fraction of lr")
 
     def __post_init__(self) -> None:
-        if self.lr <= 0 or self.batch_size < 1 or self.max_grad_norm <= 0 or self.weight_decay < 0:
-            raise ValueError(f"bad training config {self}")
+        require(self.lr > 0, "lr", self.lr, "> 0")
+        require(self.weight_decay >= 0, "weight_decay", self.weight_decay, ">= 0")
+        require(self.batch_size >= 1, "train_batch_size", self.batch_size, ">= 1")
+        require(self.grad_accum >= 1, "grad_accum", self.grad_accum, ">= 1")
+        require(self.max_grad_norm > 0, "max_grad_norm", self.max_grad_norm, "> 0")
+        require_choice("lr_schedule", self.lr_schedule, SCHEDULES)
+        require(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, ">= 0")
+        require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", self.min_lr_ratio, "within [0, 1]")
+
+    def lr_at(self, step: int, total: int) -> float:
+        """The learning rate of optimizer step ``step`` (0-based) of ``total``."""
+        if self.warmup_steps and step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.lr_schedule == "constant":
+            return self.lr
+        span = max(total - self.warmup_steps, 1)
+        progress = min(max(step - self.warmup_steps, 0) / span, 1.0)
+        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _adamw(params: list[torch.Tensor], cfg: TrainConfig) -> torch.optim.AdamW:
+    # fused: no per-step temporaries the size of the parameters (CPU and CUDA, float32 masters)
+    try:
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=False)
+
+
+class Trainer:
+    """AdamW over ``params`` of ``model`` with float32 masters for low-precision parameters.
+
+    Call order::
+
+        trainer = Trainer(model, params, cfg, total_steps)
+        for step in range(total_steps):
+            loss = trainer.step(micro_batches, loss_fn)   # loss_fn(model, batch) -> scalar tensor
+        trainer.state_dict() / trainer.load_state_dict(d)    # masters, optimizer, step (resume)
+    """
+
+    def __init__(self, model: nn.Module, params: Iterable[nn.Parameter], cfg: TrainConfig, total_steps: int):
+        self.model, self.cfg, self.total_steps = model, cfg, total_steps
+        self.params = [p for p in params]
+        for p in self.params:
+            p.requires_grad_(True)
+        # float32 masters where the model is low precision; float32 parameters are their own masters
+        self.masters = [p.detach().to(torch.float32, copy=True) if p.dtype in LOW_PRECISION else p for p in self.params]
+        self.optimizer = _adamw(self.masters, cfg)
+        self.step_index = 0
+
+    def step(self, batches: list, loss_fn: Callable[[nn.Module, object], torch.Tensor]) -> float:
+        """One optimizer step over the micro-``batches`` (gradients averaged); returns the mean loss."""
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.cfg.lr_at(self.step_index, self.total_steps)
+        total = 0.0
+        for batch in batches:
+            loss = loss_fn(self.model, batch) / len(batches)
+            loss.backward()
+            total += loss.item()
+        grads = [p.grad for p in self.params if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])) if grads else 0
+        scale = min(1.0, self.cfg.max_grad_norm / (float(norm) + 1e-6))
+        if all(m is p for p, m in zip(self.params, self.masters)):
+            for p in self.params:
+                if p.grad is not None:
+                    p.grad.mul_(scale)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            # one parameter at a time: its float32 gradient lives only while its master is updated
+            # (AdamW keeps per-parameter state, so a step that sees one gradient updates only that one)
+            for p, m in zip(self.params, self.masters):
+                if p.grad is None:
+                    continue
+                if m is p:
+                    p.grad.mul_(scale)
+                else:
+                    m.grad, p.grad = p.grad.float().mul_(scale), None
+                self.optimizer.step()
+                m.grad = None
+                if m is not p:
+                    with torch.no_grad():
+                        p.copy_(m)
+        self.step_index += 1
+        return total
+
+    def finish(self) -> None:
+        for p in self.params:
+            p.requires_grad_(False)
+            p.grad = None
+
+    def state_dict(self) -> dict:
+        return {"step": self.step_index, "optimizer": self.optimizer.state_dict(),
+                "masters": [m.detach().clone() for m in self.masters]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_index = state["step"]
+        with torch.no_grad():
+            for p, m, saved in zip(self.params, self.masters, state["masters"]):
+                m.copy_(saved)
+                if m is not p:
+                    p.copy_(m)
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def next_token_loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1))
+
+
+def candidate_copy(model: nn.Module) -> nn.Module:
+    """A copy of a (stitched) model's own modules; the dense blocks a stitched layer keeps hidden
+    to restore level 0 are not copied (the copy cannot be re-stitched)."""
+    memo: dict[int, object] = {}
+    for m in model.modules():
+        hidden = m.__dict__.get("dense_blocks")
+        if hidden is not None:
+            memo[id(hidden)] = {}
+    return copy.deepcopy(model, memo)
+
+
+def token_batches(tokens: torch.Tensor, batch_size: int, seed: int):
+    """Batches of ``tokens`` rows (N x T) in a seeded order, cycled endlessly."""
+    n = tokens.shape[0]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    pos = 0
+    while True:
+        rows = torch.cat([order, order])[pos : pos + min(batch_size, n)]
+        pos = (pos + len(rows)) % n
+        yield tokens[rows]
 
 
 def train_copy(model: nn.Module, tokens: torch.Tensor, train_tokens: int, cfg: TrainConfig, *, seed: int = 0) -> nn.Module:
-    """A trained copy of ``model``: ``ceil(train_tokens / (batch * T))`` AdamW steps on batches of
-    ``tokens`` (N x T), visited in a seeded order (cycled if the budget exceeds N x T)."""
-    trained = copy.deepcopy(model)
+    """A trained copy of the candidate ``model``: ``ceil(train_tokens / (batch * accum * T))`` AdamW
+    steps of next-token loss on batches of ``tokens`` (N x T), visited in a seeded order."""
+    trained = candidate_copy(model)
     trained.train()
-    params = [p for p in trained.parameters()]
-    for p in params:
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     device = next(trained.parameters()).device
-    n, seqlen = tokens.shape
-    steps = math.ceil(train_tokens / (cfg.batch_size * seqlen))
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(n, generator=g)
-    pos = 0
+    seqlen = tokens.shape[1]
+    steps = math.ceil(train_tokens / (cfg.batch_size * cfg.grad_accum * seqlen))
+    trainer = Trainer(trained, trained.parameters(), cfg, steps)
+    batches = token_batches(tokens, cfg.batch_size, seed)
     for _ in range(steps):
-        rows = torch.cat([order, order])[pos : pos + min(cfg.batch_size, n)]
-        pos = (pos + len(rows)) % n
-        ids = tokens[rows].to(device)
-        logits = trained(input_ids=ids, use_cache=False).logits[:, :-1]
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        opt.step()
+        trainer.step([next(batches).to(device) for _ in range(cfg.grad_accum)], next_token_loss)
+    trainer.finish()
     trained.eval()
-    for p in params:
-        p.requires_grad_(False)
     return trained
