@@ -144,6 +144,7 @@ class TyrRounds:
                  fitness: OpenFitness, run_dir: Path, *, progress: bool, log: Log):
         self.model, self.first, self.supernet_cfg, self.factory = model, store, supernet_cfg, factory
         self.store, self.fitness = store, fitness
+        self.built = [store]  # supernets whose identical variant files later rounds hard-link
         self.run_dir, self.progress, self.log = run_dir, progress, log
         self.tokens = store.calibration()
         if self.tokens is None:
@@ -155,11 +156,14 @@ class TyrRounds:
         self.log(f"tyr round {round_index}: supernet in {out}")
         if SupernetStore.is_complete(out):
             store = SupernetStore.open(out)
+            self.built.append(store)
         else:
             store = build_supernet(self.model, self.tokens, str(out),
                                    dataclasses.replace(self.supernet_cfg, unit_ladders=ladders),
                                    model_name=self.first.manifest["model"]["name"],
-                                   calibration=self.first.manifest["calibration"], progress=self.progress)
+                                   calibration=self.first.manifest["calibration"], progress=self.progress,
+                                   share=[str(s.path) for s in self.built])
+            self.built.append(store)
         self.store, self.fitness = store, self.factory.open(store)
         return store.space(), self.fitness
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import asdict
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -54,16 +54,18 @@ def build_supernet(
     calibration: dict | None = None,
     progress: bool = True,
     record_inputs: list | None = None,
+    share: Sequence[str] = (),
 ) -> SupernetStore:
     """Build (or resume) the supernet of ``model`` on calibration ``tokens`` (N x T) into ``out``.
 
     Memory holds one layer's calibration activations and Hessians at a time. A unit already in the
     store is not pruned again: its stored variants are replayed to carry the activations forward.
     ``record_inputs``, when given, receives every layer's input hidden states (for inspection).
+    ``share``: earlier supernets of the model whose identical variant files are hard-linked.
     """
     adapter = DecoderAdapter(model)
     store = SupernetStore.create_or_resume(
-        out, supernet_header(model, tokens, cfg, model_name=model_name, calibration=calibration)
+        out, supernet_header(model, tokens, cfg, model_name=model_name, calibration=calibration), share=share
     )
     if store.calibration() is None:
         store.write_calibration(tokens)

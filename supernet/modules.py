@@ -1,9 +1,10 @@
 """Modules with real, smaller tensors for pruned blocks, and the decoder layer that hosts them.
 
-A variant is a dict of tensors as stored in the supernet (see :mod:`supernet.variants`):
-attention ``q_proj.weight [hq*hd, d]``, ``k_proj.weight``/``v_proj.weight [hk*hd, d]``,
-``o_proj.weight [d, hq*hd]`` (+ q/k/v biases), ``kv_index [hq]`` (kept kv position of each kept
-query head); MLP ``gate_proj.weight``/``up_proj.weight [c, d]``, ``down_proj.weight [d, c]``.
+A variant is a dict of tensors as stored in the supernet (see :mod:`sparsearch.supernet.variants`):
+attention ``kept_heads [hq]`` and ``kept_kv_heads [hk]`` (indices into the dense block's query
+heads and KV heads) and the refit ``o_proj.weight [d, hq*hd]``; MLP ``kept_channels [c]`` and the
+refit ``down_proj.weight [d, c]``. The kept rows of q/k/v and gate/up (and biases) are sliced
+from the dense block here; without a stored output projection (no refit) its kept columns are too.
 """
 
 from __future__ import annotations
@@ -27,8 +28,24 @@ def _linear(weight: Tensor, bias: Tensor | None, like: nn.Linear) -> nn.Linear:
     return lin
 
 
+def _rows(linear: nn.Linear, rows: Tensor) -> nn.Linear:
+    """``linear`` restricted to its output ``rows`` (a copy)."""
+    bias = None if linear.bias is None else linear.bias.detach().index_select(0, rows)
+    return _linear(linear.weight.detach().index_select(0, rows), bias, linear)
+
+
+def _columns(linear: nn.Linear, cols: Tensor, stored: Tensor | None) -> nn.Linear:
+    """``linear`` restricted to its input ``cols``: the stored (refit) weight, or a slice; bias kept."""
+    weight = stored if stored is not None else linear.weight.detach().index_select(1, cols)
+    return _linear(weight, None if linear.bias is None else linear.bias.detach(), linear)
+
+
+def _channels(heads: Tensor, head_dim: int) -> Tensor:
+    return (heads.unsqueeze(1) * head_dim + torch.arange(head_dim, device=heads.device)).flatten()
+
+
 class PrunedAttention(nn.Module):
-    """Grouped-query attention over a subset of query heads and KV groups.
+    """Grouped-query attention over a subset of query heads and KV groups of ``source``.
 
     Kept query heads may be unevenly spread over kept groups; ``kv_index`` maps each query head to
     its key/value head. Rotary embedding and Qwen3's q/k norms are the source module's own.
@@ -36,17 +53,21 @@ class PrunedAttention(nn.Module):
 
     def __init__(self, tensors: Mapping[str, Tensor], source: nn.Module, rotary_fn: Callable):
         super().__init__()
+        device = source.q_proj.weight.device
         self.head_dim = source.head_dim
         self.scaling = source.scaling
         self.layer_idx = getattr(source, "layer_idx", None)
-        self.q_proj = _linear(tensors["q_proj.weight"], tensors.get("q_proj.bias"), source.q_proj)
-        self.k_proj = _linear(tensors["k_proj.weight"], tensors.get("k_proj.bias"), source.k_proj)
-        self.v_proj = _linear(tensors["v_proj.weight"], tensors.get("v_proj.bias"), source.v_proj)
-        o_bias = source.o_proj.bias
-        self.o_proj = _linear(tensors["o_proj.weight"], None if o_bias is None else o_bias.detach(), source.o_proj)
+        heads = tensors["kept_heads"].to(device=device, dtype=torch.long)
+        groups = tensors["kept_kv_heads"].to(device=device, dtype=torch.long)
+        per_group = source.q_proj.out_features // source.k_proj.out_features  # query heads per KV head
+        q_rows, kv_rows = _channels(heads, self.head_dim), _channels(groups, self.head_dim)
+        self.q_proj = _rows(source.q_proj, q_rows)
+        self.k_proj = _rows(source.k_proj, kv_rows)
+        self.v_proj = _rows(source.v_proj, kv_rows)
+        self.o_proj = _columns(source.o_proj, q_rows, tensors.get("o_proj.weight"))
         self.q_norm = getattr(source, "q_norm", None)
         self.k_norm = getattr(source, "k_norm", None)
-        self.register_buffer("kv_index", tensors["kv_index"].to(device=source.q_proj.weight.device, dtype=torch.long))
+        self.register_buffer("kv_index", torch.searchsorted(groups, heads // per_group))
         self._rotary = rotary_fn
 
     def forward(
@@ -81,16 +102,14 @@ class PrunedAttention(nn.Module):
 
 
 class PrunedMLP(nn.Module):
-    """Gated MLP over a subset of intermediate channels."""
+    """Gated MLP over a subset of the intermediate channels of ``source``."""
 
     def __init__(self, tensors: Mapping[str, Tensor], source: nn.Module):
         super().__init__()
-        self.gate_proj = _linear(tensors["gate_proj.weight"], tensors.get("gate_proj.bias"), source.gate_proj)
-        self.up_proj = _linear(tensors["up_proj.weight"], tensors.get("up_proj.bias"), source.up_proj)
-        d_bias = source.down_proj.bias
-        self.down_proj = _linear(
-            tensors["down_proj.weight"], None if d_bias is None else d_bias.detach(), source.down_proj
-        )
+        rows = tensors["kept_channels"].to(device=source.gate_proj.weight.device, dtype=torch.long)
+        self.gate_proj = _rows(source.gate_proj, rows)
+        self.up_proj = _rows(source.up_proj, rows)
+        self.down_proj = _columns(source.down_proj, rows, tensors.get("down_proj.weight"))
         self.act_fn = source.act_fn
 
     def forward(self, x: Tensor) -> Tensor:

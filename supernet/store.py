@@ -4,9 +4,12 @@ Layout::
 
     DIR/manifest.json                  format, model and calibration fingerprints, config,
                                        per unit its levels (sparsity, params, kept, file, sha256)
-    DIR/variants/L003.attn.lv02.safetensors   kept rows/columns and kept indices only
+    DIR/variants/L003.attn.lv02.safetensors   kept indices and the refit output projection
 
-The dense level and the removed level have no file. Every write is atomic (temp file + rename),
+A variant file holds only what differs from the dense model (see :mod:`sparsearch.supernet.variants`);
+the dense level and the removed level have no file. A build can share files with earlier
+supernets of the same model (Týr's rounds): a variant whose bytes equal an earlier file is a
+hard link to it. Every write is atomic (temp file + rename),
 and the manifest is rewritten after each finished unit, so a killed build resumes at the first
 unit not yet recorded. Files are checked against their SHA-256 when first read.
 """
@@ -17,7 +20,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from safetensors.torch import load as st_load
@@ -28,7 +31,7 @@ from sparsearch.search.errors import SparsearchError
 from sparsearch.search.space import SearchSpace, Unit
 from sparsearch.supernet.variants import Variant
 
-FORMAT = "sparsearch-supernet/1"
+FORMAT = "sparsearch-supernet/2"  # 1: variants held the kept q/k/v/gate/up rows too
 MANIFEST = "manifest.json"
 CALIBRATION = "calibration.safetensors"
 
@@ -40,6 +43,7 @@ class SupernetStore:
         self.path = Path(path)
         self.manifest = manifest
         self._verified: set[str] = set()
+        self._shared: dict[str, Path] = {}  # sha256 -> a file of another supernet with those bytes
 
     # -- opening ------------------------------------------------------------------------------
     @classmethod
@@ -68,8 +72,11 @@ class SupernetStore:
         return cls(path, manifest) if manifest and not manifest.get("complete") else None
 
     @classmethod
-    def create_or_resume(cls, path: str | os.PathLike, header: Mapping[str, Any]) -> "SupernetStore":
-        """Start a build at ``path``, or resume one whose header matches ``header`` exactly."""
+    def create_or_resume(
+        cls, path: str | os.PathLike, header: Mapping[str, Any], *, share: Sequence[str | os.PathLike] = ()
+    ) -> "SupernetStore":
+        """Start a build at ``path``, or resume one whose header matches ``header`` exactly.
+        Variant files whose bytes equal a file of a supernet in ``share`` are hard links to it."""
         path = Path(path)
         manifest = cls._read_manifest(path)
         if manifest is not None:
@@ -78,12 +85,18 @@ class SupernetStore:
                     raise SparsearchError(
                         f"supernet at {path} was built with a different {key}; use another --out or delete it"
                     )
-            return cls(path, manifest)
-        if path.exists() and any(path.iterdir()):
-            raise SparsearchError(f"{path} exists and is not a supernet; choose an empty or new --out")
-        manifest = {"format": FORMAT, **header, "units": {}, "complete": False}
-        store = cls(path, manifest)
-        store._save()
+            store = cls(path, manifest)
+        else:
+            if path.exists() and any(path.iterdir()):
+                raise SparsearchError(f"{path} exists and is not a supernet; choose an empty or new --out")
+            store = cls(path, {"format": FORMAT, **header, "units": {}, "complete": False})
+            store._save()
+        for other in share:
+            m = cls._read_manifest(Path(other))
+            for unit in (m or {}).get("units", {}).values():
+                for e in unit["levels"]:
+                    if e["file"] is not None:
+                        store._shared.setdefault(e["sha256"], Path(other) / e["file"])
         return store
 
     @staticmethod
@@ -95,8 +108,13 @@ class SupernetStore:
             manifest = json.loads(f.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise SparsearchError(f"corrupt supernet manifest {f}: {e}") from None
-        if manifest.get("format") != FORMAT:
-            raise SparsearchError(f"{f} is not a {FORMAT} manifest (format {manifest.get('format')!r})")
+        if not isinstance(manifest, dict):
+            raise SparsearchError(f"corrupt supernet manifest {f}: not a JSON object")
+        fmt = manifest.get("format")
+        if isinstance(fmt, str) and fmt.startswith("sparsearch-supernet/") and fmt != FORMAT:
+            raise SparsearchError(f"supernet at {path} is in the older format {fmt}; rebuild it (this version reads {FORMAT})")
+        if fmt != FORMAT:
+            raise SparsearchError(f"{f} is not a {FORMAT} manifest (format {fmt!r})")
         return manifest
 
     def check_model(self, fingerprint: str) -> None:
@@ -118,8 +136,12 @@ class SupernetStore:
             if v.tensors is not None:
                 data = st_save({k: t.detach().contiguous().cpu() for k, t in v.tensors.items()})
                 rel = f"variants/{unit.name}.lv{i:02d}.safetensors"
-                atomic_write(self.path / rel, data)
-                entry.update(file=rel, sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+                sha = hashlib.sha256(data).hexdigest()
+                linked = sha in self._shared and _link(self._shared[sha], self.path / rel)
+                if not linked:
+                    atomic_write(self.path / rel, data)
+                    self._shared.setdefault(sha, self.path / rel)  # a later level with the same bytes links
+                entry.update(file=rel, sha256=sha, bytes=len(data), **({"linked": True} if linked else {}))
             levels.append(entry)
         self.manifest["units"][unit.name] = {"levels": levels}
         self._save()
@@ -193,6 +215,25 @@ class SupernetStore:
 
     @property
     def size_bytes(self) -> int:
-        return sum(
-            e.get("bytes", 0) for u in self.manifest["units"].values() for e in u["levels"]
-        )
+        """Bytes of every variant file (hard-linked ones included)."""
+        return sum(e.get("bytes", 0) for u in self.manifest["units"].values() for e in u["levels"])
+
+    @property
+    def new_bytes(self) -> int:
+        """Bytes this supernet adds on disk (hard links to other supernets' files excluded)."""
+        return sum(e.get("bytes", 0) for u in self.manifest["units"].values() for e in u["levels"]
+                   if not e.get("linked"))
+
+
+def _link(source: Path, target: Path) -> bool:
+    """Hard-link ``target`` to ``source`` atomically; False where the file system refuses."""
+    tmp = target.with_name(f".{target.name}.link")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp.unlink(missing_ok=True)
+        os.link(source, tmp)
+        os.replace(tmp, target)
+        return True
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return False

@@ -7,6 +7,12 @@ whose kept parameters are closest to the level's target (balanced mode: the clos
 ``groups x heads-per-group`` shape, keeping the groups and heads removed last). MLP: channels are
 removed in OBS (or magnitude) order; a level keeps its aligned count of the last-removed channels.
 Every level's output projection is refit by least squares on the kept columns.
+
+A variant holds only what differs from the dense block: the kept indices (``kept_heads`` and
+``kept_kv_heads``, or ``kept_channels``; int32) and the refit output projection (``o_proj.weight``
+or ``down_proj.weight``; none with ``refit=False``). The kept rows of q/k/v and gate/up (and their
+biases, Qwen3's q/k norms) are slices of the dense weights, taken when a variant is stitched
+(:mod:`sparsearch.supernet.modules`).
 """
 
 from __future__ import annotations
@@ -22,9 +28,13 @@ from sparsearch.supernet.config import SupernetConfig
 Tensor = torch.Tensor
 
 
+INDEX_DTYPE = torch.int32
+
+
 @dataclass
 class Variant:
-    """One level of one unit. ``tensors`` is ``None`` for the dense level and for removal."""
+    """One level of one unit. ``tensors`` (kept indices and the refit output projection) is
+    ``None`` for the dense level and for removal."""
 
     sparsity: float
     params: int
@@ -46,10 +56,6 @@ def mlp_params(channels: int, hidden: int, bias: bool) -> int:
 
 def _closest(options: list[tuple[int, object]], goal: float) -> object:
     return min(options, key=lambda o: (abs(o[0] - goal), o[0]))[1]
-
-
-def _slice(weight: Tensor, rows: Tensor) -> Tensor:
-    return weight.detach().index_select(0, rows).clone()
 
 
 def attention_variants(
@@ -107,22 +113,9 @@ def attention_variants(
         if params == dense or params == 0:
             variants.append(Variant(s, params, kept))
             continue
-        q_rows = blocks[heads].flatten()
-        kv_rows = torch.arange(num_kv_heads * hd, device=W.device).view(num_kv_heads, hd)[groups].flatten()
-        o_weight = pruning.refit(W, H, q_rows, damping=cfg.damping) if cfg.refit else W.detach()[:, q_rows].clone()
-        tensors = {
-            "q_proj.weight": _slice(attn.q_proj.weight, q_rows),
-            "k_proj.weight": _slice(attn.k_proj.weight, kv_rows),
-            "v_proj.weight": _slice(attn.v_proj.weight, kv_rows),
-            "o_proj.weight": o_weight,
-            "kv_index": torch.searchsorted(groups, group_of[heads]),
-            "kept_heads": heads,
-            "kept_kv_heads": groups,
-        }
-        if bias:
-            tensors["q_proj.bias"] = _slice(attn.q_proj.bias, q_rows)
-            tensors["k_proj.bias"] = _slice(attn.k_proj.bias, kv_rows)
-            tensors["v_proj.bias"] = _slice(attn.v_proj.bias, kv_rows)
+        tensors = {"kept_heads": heads.to(INDEX_DTYPE), "kept_kv_heads": groups.to(INDEX_DTYPE)}
+        if cfg.refit:
+            tensors["o_proj.weight"] = pruning.refit(W, H, blocks[heads].flatten(), damping=cfg.damping)
         variants.append(Variant(s, params, kept, tensors))
     return variants
 
@@ -158,16 +151,9 @@ def mlp_variants(mlp: nn.Module, H: Tensor, ladder: Ladder, cfg: SupernetConfig)
             variants.append(Variant(s, params, {"channels": k}))
             continue
         rows = torch.sort(order_t[inter - k :]).values
-        down = pruning.refit(W, H, rows, damping=cfg.damping) if cfg.refit else W.detach()[:, rows].clone()
-        tensors = {
-            "gate_proj.weight": _slice(mlp.gate_proj.weight, rows),
-            "up_proj.weight": _slice(mlp.up_proj.weight, rows),
-            "down_proj.weight": down,
-            "kept_channels": rows,
-        }
-        if bias:
-            tensors["gate_proj.bias"] = _slice(mlp.gate_proj.bias, rows)
-            tensors["up_proj.bias"] = _slice(mlp.up_proj.bias, rows)
+        tensors = {"kept_channels": rows.to(INDEX_DTYPE)}
+        if cfg.refit:
+            tensors["down_proj.weight"] = pruning.refit(W, H, rows, damping=cfg.damping)
         variants.append(Variant(s, params, {"channels": k}, tensors))
     return variants
 

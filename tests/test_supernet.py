@@ -161,10 +161,15 @@ def test_pruned_modules_equal_masked_dense_blocks(built):
             torch.testing.assert_close(PrunedMLP(t, mlp)(x), masked(x), rtol=1e-5, atol=1e-5)
 
 
-def test_store_files_hold_only_kept_weights(built):
+def test_store_files_hold_only_what_differs_from_dense(built):
+    """A variant file holds the kept indices (int32) and the refit output projection, nothing that
+    is a slice of the dense weights; the manifest's exact parameter count follows from the indices."""
+    from sparsearch.supernet.variants import attention_params, mlp_params
+
     _, dense, store, _ = built
     cfg = dense.config
     hd = cfg.head_dim
+    bias = dense.model.layers[0].self_attn.q_proj.bias is not None
     tensor_bytes, files = 0, 0
     for name, unit in store.manifest["units"].items():
         for i, entry in enumerate(unit["levels"]):
@@ -173,13 +178,18 @@ def test_store_files_hold_only_kept_weights(built):
                 assert entry["params"] in (0, unit["levels"][0]["params"])
                 continue
             files += 1
-            weights = {k: v for k, v in t.items() if k.endswith((".weight", ".bias"))}
-            assert sum(v.numel() for v in weights.values()) == entry["params"]
             tensor_bytes += sum(v.numel() * v.element_size() for v in t.values())
             if name.endswith("attn"):
-                assert t["o_proj.weight"].shape == (cfg.hidden_size, entry["kept"]["heads"] * hd)
-                assert t["k_proj.weight"].shape == (entry["kept"]["kv_heads"] * hd, cfg.hidden_size)
+                assert set(t) == {"kept_heads", "kept_kv_heads", "o_proj.weight"}
+                heads, groups = t["kept_heads"], t["kept_kv_heads"]
+                assert heads.dtype == groups.dtype == torch.int32
+                assert (len(heads), len(groups)) == (entry["kept"]["heads"], entry["kept"]["kv_heads"])
+                assert entry["params"] == attention_params(len(heads), len(groups), cfg.hidden_size, hd, bias)
+                assert t["o_proj.weight"].shape == (cfg.hidden_size, len(heads) * hd)
             else:
+                assert set(t) == {"kept_channels", "down_proj.weight"}
+                assert len(t["kept_channels"]) == entry["kept"]["channels"]
+                assert entry["params"] == mlp_params(entry["kept"]["channels"], cfg.hidden_size, False)
                 assert t["down_proj.weight"].shape == (cfg.hidden_size, entry["kept"]["channels"])
             data = (store.path / entry["file"]).read_bytes()
             assert hashlib.sha256(data).hexdigest() == entry["sha256"]
@@ -288,7 +298,9 @@ def test_balanced_heads_keep_equal_heads_per_group(tmp_path, tokens):
     for i, entry in enumerate(store.levels(Unit(0, "attn"))):
         t = store.read(Unit(0, "attn"), i)
         if t is not None:
-            counts = torch.bincount(t["kv_index"])
+            groups = t["kept_heads"].long() // 4  # 4 query heads per KV group
+            assert sorted(set(groups.tolist())) == t["kept_kv_heads"].tolist()
+            counts = torch.bincount(groups)[t["kept_kv_heads"].long()]
             assert len(set(counts.tolist())) == 1, counts
 
 
@@ -299,3 +311,53 @@ def test_magnitude_criterion_builds_and_differs_from_obs(tmp_path, tokens):
     ka = [a.read(Unit(l, "mlp"), 6)["kept_channels"] for l in range(2)]
     kb = [b.read(Unit(l, "mlp"), 6)["kept_channels"] for l in range(2)]
     assert any(not torch.equal(x, y) for x, y in zip(ka, kb))
+
+
+def test_a_supernet_in_the_old_format_is_refused_with_a_rebuild_hint(tmp_path, tokens):
+    store = _build(tiny_model("llama"), tokens, tmp_path / "sn")
+    manifest = json.loads((store.path / MANIFEST).read_text())
+    manifest["format"] = "sparsearch-supernet/1"
+    (store.path / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(SparsearchError, match="older format sparsearch-supernet/1; rebuild it"):
+        SupernetStore.open(store.path)
+
+
+def test_without_refit_a_variant_is_its_kept_indices(tmp_path, tokens):
+    model = tiny_model("qwen2")  # q/k/v biases: sliced from the dense block too
+    store = _build(model, tokens, tmp_path / "sn", SupernetConfig(batch_size=4, mlp_alignment=8, refit=False))
+    x = torch.randn(2, 5, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    adapter = DecoderAdapter(model)
+    for level in range(1, 8):
+        t = store.read(Unit(0, "mlp"), level)
+        assert set(t) == {"kept_channels"}
+        mlp = adapter.mlp(0)
+        masked = copy.deepcopy(mlp)
+        with torch.no_grad():
+            keep = torch.zeros(mlp.down_proj.in_features, dtype=torch.bool)
+            keep[t["kept_channels"].long()] = True
+            masked.down_proj.weight[:, ~keep] = 0
+            torch.testing.assert_close(PrunedMLP(t, mlp)(x), masked(x), rtol=1e-5, atol=1e-5)
+        if store.read(Unit(0, "attn"), level) is not None:
+            assert set(store.read(Unit(0, "attn"), level)) == {"kept_heads", "kept_kv_heads"}
+
+
+def test_later_supernets_hard_link_identical_variants(tmp_path, tokens):
+    """Týr's rounds rebuild ladders around the last round's levels; variants whose bytes equal an
+    earlier supernet's (without error accumulation: every level both ladders share) are hard links."""
+    model = tiny_model("llama")
+    cfg = SupernetConfig(batch_size=4, mlp_alignment=8, error_accumulation=False)
+    first = _build(model, tokens, tmp_path / "r0", cfg)
+    ladders = {u.name: "0,0.375,0.4375,0.5,1" for u in first.space().units}
+    second = _build(model, tokens, tmp_path / "r1", SupernetConfig(**{**cfg.__dict__, "unit_ladders": ladders}),
+                    share=[str(first.path)])
+    linked = [(name, e) for name, u in second.manifest["units"].items() for e in u["levels"] if e.get("linked")]
+    assert linked and second.new_bytes < second.size_bytes
+    inodes = {}
+    for store in (first, second):
+        for u in store.manifest["units"].values():
+            for e in u["levels"]:
+                if e["file"]:
+                    inodes.setdefault(e["sha256"], set()).add((store.path / e["file"]).stat().st_ino)
+    assert all(len(i) == 1 for i in inodes.values())  # one file on disk per distinct content
+    second.verify()
+    assert any(e["sparsity"] in (0.375, 0.5) for _, e in linked)  # levels the first ladder has
