@@ -65,10 +65,44 @@ def windows(ids: torch.Tensor, samples: int, seqlen: int, seed: int) -> torch.Te
     return torch.stack([ids[s : s + seqlen] for s in starts.tolist()])
 
 
+_CHUNK = 1 << 16  # characters per tokenizer call
+
+
+def _ids(text: str, tokenizer) -> list[int]:
+    return tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+
+
+def _line_chunks(text: str, size: int) -> list[str]:
+    """``text`` cut into pieces of about ``size`` characters, each cut right after a lone newline
+    between two non-space characters (where byte-level BPE pre-tokenizers split anyway)."""
+    pieces, start = [], 0
+    while len(text) - start > size:
+        cut = start + size
+        while cut < len(text) and not (text[cut - 1] == "\n" and not text[cut - 2].isspace()
+                                       and not text[cut].isspace()):
+            cut += 1
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return [p for p in pieces if p]
+
+
 def tokenize_text(text: str, tokenizer) -> torch.Tensor:
-    """The whole text tokenized once, as a 1-D tensor (no special tokens)."""
-    enc = tokenizer(text, return_tensors="pt", add_special_tokens=False, return_attention_mask=False)
-    return enc["input_ids"][0]
+    """The text's token ids as a 1-D tensor (no special tokens).
+
+    A long text is tokenized in pieces cut after newlines, so that the tokenizer's per-token
+    bookkeeping (hundreds of bytes per token) never holds the whole text, when cutting there
+    gives the same ids for this tokenizer (checked on a probe; tokenizers that prefix every call,
+    as SentencePiece's dummy prefix does, tokenize the whole text at once).
+    """
+    probe = "def f(x):\n    return x.\nThe end.\n\nNext, 12 words\n"
+    cuts = _line_chunks(probe, 8)
+    if len(text) <= _CHUNK or _ids(probe, tokenizer) != [i for c in cuts for i in _ids(c, tokenizer)]:
+        return torch.tensor(_ids(text, tokenizer), dtype=torch.long)
+    ids: list[int] = []
+    for piece in _line_chunks(text, _CHUNK):
+        ids.extend(_ids(piece, tokenizer))
+    return torch.tensor(ids, dtype=torch.long)
 
 
 def read_text(path: str | Path) -> str:

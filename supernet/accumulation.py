@@ -22,34 +22,36 @@ from sparsearch.supernet.variants import Variant, expectation_weights
 Tensor = torch.Tensor
 
 
-def next_hidden(
+def advance(
     hidden: list[Tensor],
-    dense_out: list[Tensor],
     variants: list[Variant],
+    dense: nn.Module,
     make_module: Callable[[Variant], nn.Module],
     run: Callable[[nn.Module, int], Tensor],
     *,
     accumulate: bool,
-) -> list[Tensor]:
-    """Residual stream after one block, per calibration batch.
+) -> None:
+    """Replace ``hidden[b]`` (the residual stream entering the block, per calibration batch) by
+    the stream after the block, one batch at a time, so that one copy of the stream is held.
 
-    ``dense_out[b]`` is the dense block's output on batch ``b``; ``run(module, b)`` computes a
-    variant module's output on batch ``b``. With ``accumulate=False`` this is exactly the dense
-    model's stream ``hidden + dense_out``.
+    ``run(module, b)`` computes a block module's output on batch ``b`` (reading ``hidden[b]``).
+    With ``accumulate=False`` this is the dense model's stream ``hidden + dense(hidden)``;
+    otherwise the dense output is replaced by the (1 - s)-weighted expectation over the variants.
     """
     if not accumulate:
-        return [h + o for h, o in zip(hidden, dense_out)]
-    weights = expectation_weights(variants)
-    f32 = torch.float32
-    out = [h.to(f32) + weights[0] * o.to(f32) for h, o in zip(hidden, dense_out)]
-    for v, w in zip(variants[1:], weights[1:]):
+        for b in range(len(hidden)):
+            hidden[b] = hidden[b] + run(dense, b)
+        return
+    terms: dict[int, tuple[nn.Module, float]] = {}  # module -> total weight (dense-shaped levels share one)
+    for v, w in zip(variants, expectation_weights(variants)):
         if w == 0.0:
             continue
-        if v.tensors is None:  # a level whose kept structure is the dense one
-            for b, o in enumerate(dense_out):
-                out[b] += w * o.to(f32)
-            continue
-        module = make_module(v)
-        for b in range(len(hidden)):
-            out[b] += w * run(module, b).to(f32)
-    return [o.to(h.dtype) for o, h in zip(out, hidden)]
+        module = dense if v.tensors is None else make_module(v)
+        total = terms[id(module)][1] if id(module) in terms else 0.0
+        terms[id(module)] = (module, total + w)
+    f32 = torch.float32
+    for b in range(len(hidden)):
+        acc = hidden[b].to(f32)
+        for module, w in terms.values():
+            acc += w * run(module, b).to(f32)
+        hidden[b] = acc.to(hidden[b].dtype)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import asdict
 from typing import Any, Callable, Sequence
@@ -12,7 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sparsearch.search.space import Unit
-from sparsearch.supernet.accumulation import next_hidden
+from sparsearch.supernet.accumulation import advance
 from sparsearch.supernet.adapters import DecoderAdapter
 from sparsearch.supernet.capture import InputHessian, capture_inputs, run_attention, run_mlp
 from sparsearch.supernet.config import SupernetConfig
@@ -58,7 +57,8 @@ def build_supernet(
 ) -> SupernetStore:
     """Build (or resume) the supernet of ``model`` on calibration ``tokens`` (N x T) into ``out``.
 
-    Memory holds one layer's calibration activations and Hessians at a time. A unit already in the
+    Memory holds one copy of the calibration hidden states (advanced in place, one batch at a
+    time) and one unit's Hessian and variants. A unit already in the
     store is not pruned again: its stored variants are replayed to carry the activations forward.
     ``record_inputs``, when given, receives every layer's input hidden states (for inspection).
     ``share``: earlier supernets of the model whose identical variant files are hard-linked.
@@ -82,26 +82,24 @@ def build_supernet(
 
         attn, mlp = layer.self_attn, layer.mlp
         rotary = adapter.rotary_fn(attn)
-        h_in = hidden
-        hidden = _prune_unit(
+        _prune_unit(
             store,
             Unit(i, "attn"),
             attn.o_proj,
-            run=lambda m, b: run_attention(layer, m, h_in[b], kw[b]),
+            run=lambda m, b: run_attention(layer, m, hidden[b], kw[b]),
             dense=attn,
-            residual=h_in,
+            hidden=hidden,
             prune=lambda H: attention_variants(attn, H, kv_heads, cfg.ladder(Unit(i, "attn")), cfg),
             make_module=lambda v: PrunedAttention(v.tensors, attn, rotary),
             cfg=cfg,
         )
-        h_mid = hidden
-        hidden = _prune_unit(
+        _prune_unit(
             store,
             Unit(i, "mlp"),
             mlp.down_proj,
-            run=lambda m, b: run_mlp(layer, m, h_mid[b]),
+            run=lambda m, b: run_mlp(layer, m, hidden[b]),
             dense=mlp,
-            residual=h_mid,
+            hidden=hidden,
             prune=lambda H: mlp_variants(mlp, H, cfg.ladder(Unit(i, "mlp")), cfg),
             make_module=lambda v: PrunedMLP(v.tensors, mlp),
             cfg=cfg,
@@ -119,19 +117,27 @@ def _prune_unit(
     *,
     run: Callable[[nn.Module, int], torch.Tensor],
     dense: nn.Module,
-    residual: list[torch.Tensor],
+    hidden: list[torch.Tensor],
     prune: Callable[[torch.Tensor], list[Variant]],
     make_module: Callable[[Variant], nn.Module],
     cfg: SupernetConfig,
-) -> list[torch.Tensor]:
+) -> None:
     """Prune one unit unless the store has it (the Hessian of ``out_proj``'s input is gathered
-    while the dense block runs), then return the residual stream after the unit."""
+    while the dense block runs), then advance ``hidden`` (in place) past the unit."""
     todo = not store.has_unit(unit)
-    with InputHessian(out_proj) if todo else contextlib.nullcontext() as hess:
-        dense_out = [run(dense, b) for b in range(len(residual))]
-    if todo:  # rounded to the store's dtype, so they equal what a resumed build reads back
+    if todo:
+        with InputHessian(out_proj) as hess:
+            if cfg.error_accumulation:  # only the Hessian: the stream needs the variants first
+                for b in range(len(hidden)):
+                    run(dense, b)
+            else:  # the dense pass is also the stream's next step
+                advance(hidden, [], dense, make_module, run, accumulate=False)
+        # rounded to the store's dtype, so they equal what a resumed build reads back
         variants = cast_variants(prune(hess.H), getattr(torch, cfg.store_dtype))
+        del hess
         store.write_unit(unit, variants)
+        if not cfg.error_accumulation:
+            return
     else:
         variants = store.read_variants(unit)
-    return next_hidden(residual, dense_out, variants, make_module, run, accumulate=cfg.error_accumulation)
+    advance(hidden, variants, dense, make_module, run, accumulate=cfg.error_accumulation)

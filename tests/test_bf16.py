@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sparsearch.supernet.accumulation import next_hidden
+from sparsearch.supernet.accumulation import advance
 from sparsearch.supernet.variants import Variant, expectation_weights
 
 BF16 = torch.bfloat16
@@ -19,10 +19,12 @@ def test_error_accumulation_rounds_to_bf16_once():
     outs = [torch.randn(shape, generator=g).to(BF16) for _ in range(7)]
     variants = ([Variant(0.0, 800, {})] + [Variant(s / 8, 800 - 100 * s, {}, {"i": torch.tensor(s - 1)})
                                             for s in range(1, 8)] + [Variant(1.0, 0, {})])
-    got = next_hidden(hidden, dense_out, variants, lambda v: int(v.tensors["i"]), lambda i, b: outs[i],
-                      accumulate=True)[0]
+    ref_hidden = hidden[0]
+    run = lambda m, b: dense_out[b] if m == "dense" else outs[m]  # noqa: E731
+    advance(hidden, variants, "dense", lambda v: int(v.tensors["i"]), run, accumulate=True)
+    got = hidden[0]
     w = expectation_weights(variants)
-    ref = hidden[0].float() + w[0] * dense_out[0].float() + sum(wi * o.float() for wi, o in zip(w[1:8], outs))
+    ref = ref_hidden.float() + w[0] * dense_out[0].float() + sum(wi * o.float() for wi, o in zip(w[1:8], outs))
     assert got.dtype == BF16
     one_rounding = ref.abs() * 2.0**-8 + 1e-30
     assert ((got.float() - ref).abs() <= one_rounding).all()

@@ -87,3 +87,27 @@ def test_kl_is_zero_for_equal_and_positive_otherwise():
     assert (kl_per_token(a, a + torch.randn(2, 5, 11)) > 0).all()
     # shift invariance of logits
     assert kl_per_token(a, a + 3.0).abs().max() < 1e-5
+
+
+def _metaspace_tokenizer():
+    """A tokenizer that prefixes every call with a word boundary (SentencePiece's dummy prefix)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="always")
+    tok.train_from_iterator([TEXT], trainers.BpeTrainer(vocab_size=200, special_tokens=["<s>"]))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>")
+
+
+@pytest.mark.parametrize("make", [tiny_tokenizer, _metaspace_tokenizer])
+def test_long_texts_tokenize_in_pieces_to_the_same_ids(make, monkeypatch):
+    from sparsearch.fitness import data
+
+    tok = make()
+    text = "\n".join(f"Line {i}: {TEXT[i % 50: i % 50 + 40]}\n\n    indented {i}.\nx" for i in range(300))
+    whole = torch.tensor(tok(text, add_special_tokens=False)["input_ids"])
+    monkeypatch.setattr(data, "_CHUNK", 97)
+    cut = data._line_chunks(text, 97)
+    assert len(cut) > 50 and "".join(cut) == text
+    assert torch.equal(tokenize_text(text, tok), whole)
