@@ -25,9 +25,12 @@ def child_build(args) -> dict:
     import torch
 
     from sparsearch.fitness.data import CalibrationConfig, calibration_tokens
+    from sparsearch.fitness.schedule import TokenSchedule
+    from sparsearch.search.oneshot import OneShotConfig
     from sparsearch.supernet.build import build_supernet
     from sparsearch.supernet.config import SupernetConfig
     from sparsearch.supernet.models import load_model
+    from sparsearch.supernet.plan import ModelShape, plan
 
     torch.set_num_threads(args.threads)
     model, tok = load_model("smollm2-135m")
@@ -40,11 +43,22 @@ def child_build(args) -> dict:
                            calibration=calib.describe(), progress=False)
     wall = time.perf_counter() - t0
     levels = sorted({len(u["levels"]) for u in store.manifest["units"].values()})
+    planned = plan(ModelShape.from_config(model.config), cfg, samples=args.samples, seqlen=args.seqlen, target=0.5,
+                   schedule=TokenSchedule.parse("darwinlm"), engine="uniform", engine_config=OneShotConfig())
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    disk = store.new_bytes / 2**20
+    model_mib = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     return {
         "wall_s": round(wall, 1),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "disk_mib": round(store.size_bytes / 2**20, 1),
+        "peak_rss_mib": round(peak, 1),
+        "peak_rss_over_model": round(peak / model_mib, 2),
+        "model_mib": round(model_mib, 1),
+        "disk_mib": round(disk, 1),
+        "files_mib": round(store.size_bytes / 2**20, 1),
         "levels_per_unit": levels,
+        "plan": {"disk_mib": planned["supernet"]["disk_mib"], "peak_memory_mib": planned["build"]["peak_memory_mib"],
+                 "disk_error": round(planned["supernet"]["disk_mib"] / disk - 1, 4),
+                 "peak_memory_error": round(planned["build"]["peak_memory_mib"] / peak - 1, 4)},
     }
 
 
@@ -103,10 +117,11 @@ def main() -> None:
     common = ["--data-dir", args.data_dir, "--samples", str(args.samples), "--seqlen", str(args.seqlen),
               "--eval-tokens", str(args.eval_tokens or 0), "--threads", str(args.threads)]
     result = {"model": "smollm2-135m", "calibration": f"{args.samples}x{args.seqlen} python-docs.txt",
-              "threads": args.threads, "ladder": "9 levels (step 0.125) per unit, obs + refit, bf16 store"}
+              "threads": args.threads, "ladder": "9 levels (step 0.125) per unit, obs + refit, bf16 store",
+              "store_format": "sparsearch-supernet/2 (kept indices + refit output projection)"}
     result["dense"] = run_child("ppl", [], common)
     for name, acc in (("with_accumulation", 1), ("without_accumulation", 0)):
-        store = str(Path(args.out) / f"smollm2-{name}")
+        store = str(Path(args.out) / f"smollm2-v2-{name}")
         result[name] = {"build": run_child("build", ["--store", store, "--accumulate", str(acc)], common)}
         result[name]["wikitext2"] = run_child("ppl", ["--store", store], common)
     print(json.dumps(result, indent=1))

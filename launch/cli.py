@@ -319,6 +319,32 @@ def cmd_run(o: Resolved) -> int:
     return _search_and_report(o, model, tokenizer, store, started, export=not o.no_export)
 
 
+def _plan_options(o: Options) -> None:
+    _model_options(o)
+    o.add_settings(CalibrationConfig, group=o.parser.add_argument_group("calibration"), only=["samples", "seqlen"])
+    o.add_settings(SupernetConfig, group=o.parser.add_argument_group("supernet"))
+    _search_options(o)
+    _common_options(o)
+
+
+@command("plan", "what a run will cost, from the model's config alone: supernet disk, build memory and "
+         "forward passes, evaluation and search tokens; prints JSON", _plan_options)
+def cmd_plan(o: Resolved) -> int:
+    from sparsearch.launch.pipeline import start_names
+    from sparsearch.supernet.models import load_config
+    from sparsearch.supernet.plan import ModelShape, plan
+
+    search, supernet = search_config(o, _log(o)), o.config(SupernetConfig)
+    calib, fitness = o.config(CalibrationConfig), o.config(FitnessConfig)
+    shape = ModelShape.from_config(load_config(o.model), o.dtype)
+    result = plan(shape, supernet, samples=calib.samples, seqlen=calib.seqlen, target=search.target_sparsity,
+                  schedule=fitness.token_schedule, engine=search.engine, engine_config=search.engine_config,
+                  starts=len(start_names(search)), device=_device(o.device).type)
+    result["model"] = {"name": o.model, **result["model"]}
+    print(json.dumps(result, indent=1))
+    return 0
+
+
 def _export_options(o: Options) -> None:
     o.add("--run-dir", required=True, metavar="R", help="run directory")
     o.add("--out", required=True, metavar="DIR", help="export folder (new or empty)")

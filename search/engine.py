@@ -28,7 +28,7 @@ import abc
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from sparsearch.search.budget import Budget
 from sparsearch.search.cache import CachedFitness
@@ -116,6 +116,12 @@ class Engine(abc.ABC):
 
     def pareto(self) -> list[dict[str, Any]]:
         return []
+
+    @classmethod
+    def planned_evaluations(cls, config: Any, survivors: Sequence[int], space: SearchSpace) -> dict[int, int]:
+        """How many evaluations a run makes at each stage (an upper bound where the evaluation
+        cache may save some), for ``sparsearch plan``; the starts' are not included."""
+        raise NotImplementedError
 
     @property
     def evaluations(self) -> int:

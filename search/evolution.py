@@ -55,6 +55,15 @@ def evolve_generation(
     return parent, parent_score, {"offspring": n_offspring, "improved": improved, "parent_fitness": parent_score}
 
 
+def generation_evaluations(cfg: EvolutionConfig, survivors) -> dict[int, int]:
+    """Evaluations per stage in one generation: every offspring at stage 0, then the survivors."""
+    counts, n = {}, cfg.offspring
+    for stage, kept in enumerate(survivors):
+        counts[stage] = n
+        n = min(n, kept)
+    return counts
+
+
 class EvolutionEngine(Engine):
     name = "evolution"
     config: EvolutionConfig
@@ -74,6 +83,13 @@ class EvolutionEngine(Engine):
 
     def best(self) -> tuple[Genome, float]:
         return self.parent, self.parent_score
+
+    @classmethod
+    def planned_evaluations(cls, config: EvolutionConfig, survivors, space) -> dict[int, int]:
+        counts = generation_evaluations(config, survivors)
+        counts = {s: n * config.generations for s, n in counts.items()}
+        counts[len(survivors) - 1] += 1  # the first parent
+        return counts
 
     def get_state(self) -> dict[str, Any]:
         return {"parent": list(self.parent), "parent_score": self.parent_score}

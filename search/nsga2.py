@@ -197,6 +197,11 @@ class NSGA2Engine(Engine):
             apply(best)
         return self.budget.repair(g, self.rng)
 
+    @classmethod
+    def planned_evaluations(cls, config: NSGA2Config, survivors, space) -> dict[int, int]:
+        runs = max(1, min(config.blocks, len({u.layer for u in space.units}))) if config.blocks else 1
+        return {config.stage: runs * config.population * (config.generations + 1) + (1 if config.blocks else 0)}
+
     # -- results and state ---------------------------------------------------------------------
     def best(self) -> tuple[Genome, float]:
         if self.best_seen is None:

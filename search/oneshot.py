@@ -39,6 +39,10 @@ class OneShotEngine(Engine):
     def best(self) -> tuple[Genome, float]:
         return self.genome, self.score
 
+    @classmethod
+    def planned_evaluations(cls, config: OneShotConfig, survivors, space) -> dict[int, int]:
+        return {len(survivors) - 1: 1}
+
     def get_state(self) -> dict[str, Any]:
         return {"genome": list(self.genome), "score": self.score}
 

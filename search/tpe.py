@@ -130,7 +130,7 @@ class TPEEngine(Engine):
         return record
 
     def finish(self) -> None:
-        final = len(self.fitness.survivors) - 1
+        final = self.final_stage
         if not self.config.finalists or self.config.stage >= final:
             return
         done = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
@@ -142,6 +142,14 @@ class TPEEngine(Engine):
             i = min(range(len(genomes)), key=lambda k: (scores[k], k))
             self.best_seen = (list(genomes[i]), scores[i])
             self.log(f"tpe: {len(genomes)} finalists scored on stage {final}; best {scores[i]:.5f}")
+
+    @classmethod
+    def planned_evaluations(cls, config: TPEConfig, survivors, space) -> dict[int, int]:
+        final = len(survivors) - 1
+        counts = {config.stage: config.trials}
+        if config.finalists and config.stage < final:
+            counts[final] = counts.get(final, 0) + config.finalists
+        return counts
 
     def best(self) -> tuple[Genome, float]:
         if self.best_seen is None:

@@ -18,7 +18,7 @@ from sparsearch.search.cache import CachedFitness
 from sparsearch.search.fitness import Fitness
 from sparsearch.search.config import require, setting
 from sparsearch.search.engine import Engine
-from sparsearch.search.evolution import EvolutionConfig, evolve_generation
+from sparsearch.search.evolution import EvolutionConfig, EvolutionEngine, evolve_generation
 from sparsearch.search.space import Genome, Ladder, SearchSpace
 
 Rebuild = Callable[[int, dict[str, Ladder]], tuple[SearchSpace, Fitness]]
@@ -105,6 +105,11 @@ class TyrEngine(Engine):
 
     def best(self) -> tuple[Genome, float]:
         return self.parent, self.parent_score
+
+    @classmethod
+    def planned_evaluations(cls, config: TyrConfig, survivors, space) -> dict[int, int]:
+        per_round = EvolutionEngine.planned_evaluations(config, survivors, space)  # its first parent included
+        return {s: n * config.rounds for s, n in per_round.items()}
 
     def get_state(self) -> dict[str, Any]:
         return {"round": self.round, "generation": self.generation, "centres": self.centres,

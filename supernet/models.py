@@ -75,6 +75,31 @@ def smollm2_folder() -> Path:
 ALIASES = {DEFAULT_MODEL: smollm2_folder}
 
 
+def load_config(spec: str):
+    """The model's config alone (no weights): from an alias, a folder with config.json, a .gguf
+    file or a hub id."""
+    from transformers import AutoConfig
+
+    path = Path(spec).expanduser()
+    if spec in ALIASES:
+        return AutoConfig.from_pretrained(ALIASES[spec]())
+    if path.is_file() and path.suffix == ".gguf":
+        return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise SparsearchError(f"{path} is a folder without config.json, not a model")
+        return AutoConfig.from_pretrained(path)
+    if _HUB_ID.match(spec) and not spec.startswith((".", "/", "~")):
+        try:
+            return AutoConfig.from_pretrained(spec)
+        except OSError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SparsearchError(f"could not load the config of {spec!r} from the hub: {first}") from None
+    raise SparsearchError(
+        f"unknown model {spec!r}: not an alias ({', '.join(ALIASES)}), a model folder, a .gguf file or a hub id"
+    )
+
+
 def load_model(spec: str, *, dtype: str = "auto", device: str | torch.device | None = None):
     """``(model, tokenizer)`` for ``spec``: an alias, a folder with config.json, a .gguf file or a
     hub id. The model is in eval mode, on ``device`` (default: where it was loaded)."""

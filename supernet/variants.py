@@ -58,6 +58,40 @@ def _closest(options: list[tuple[int, object]], goal: float) -> object:
     return min(options, key=lambda o: (abs(o[0] - goal), o[0]))[1]
 
 
+def attention_states(
+    order: list[int], num_kv_heads: int, hidden: int, head_dim: int, bias: bool, *, balanced: bool
+) -> list[tuple[int, frozenset[int]]]:
+    """The kept query-head sets a level may take, with their parameters, given the heads' removal
+    ``order`` (first = least important): every prefix of the order (a KV group goes with its last
+    head), or in balanced mode the ``groups x heads-per-group`` shapes keeping the groups and
+    heads removed last."""
+    nq = len(order)
+    hpg = nq // num_kv_heads
+    if not balanced:
+        states = []
+        for k in range(nq + 1):
+            kept = frozenset(range(nq)) - frozenset(order[:k])
+            groups = len({h // hpg for h in kept})
+            states.append((attention_params(len(kept), groups, hidden, head_dim, bias), kept))
+        return states
+    rank = {h: i for i, h in enumerate(order)}  # later removal = more important
+    group_rank = sorted(range(num_kv_heads), key=lambda g: -max(rank[h] for h in range(g * hpg, (g + 1) * hpg)))
+    states = [(0, frozenset())]
+    for g in range(1, num_kv_heads + 1):
+        for h in range(1, hpg + 1):
+            kept = set()
+            for grp in group_rank[:g]:
+                kept.update(sorted(range(grp * hpg, (grp + 1) * hpg), key=lambda x: -rank[x])[:h])
+            states.append((attention_params(g * h, g, hidden, head_dim, bias), frozenset(kept)))
+    return states
+
+
+def level_heads(states: list[tuple[int, frozenset[int]]], sparsity: float, dense: int) -> list[int]:
+    """The kept query heads of the level at nominal ``sparsity``: the state closest to keeping
+    ``1 - sparsity`` of the ``dense`` parameters."""
+    return sorted(_closest(states, (1.0 - sparsity) * dense))
+
+
 def attention_variants(
     attn: nn.Module, H: Tensor, num_kv_heads: int, ladder: Ladder, cfg: SupernetConfig
 ) -> list[Variant]:
@@ -85,27 +119,10 @@ def attention_variants(
         order = pruning.magnitude_removal_order(W, H, blocks)
 
     dense = attention_params(nq, num_kv_heads, hidden, hd, bias)
-    if cfg.balanced_heads:
-        rank = {h: i for i, h in enumerate(order)}  # later removal = more important
-        group_rank = sorted(range(num_kv_heads), key=lambda g: -max(rank[h] for h in range(g * hpg, (g + 1) * hpg)))
-        states = [(0, frozenset())]
-        for g in range(1, num_kv_heads + 1):
-            for h in range(1, hpg + 1):
-                kept = set()
-                for grp in group_rank[:g]:
-                    heads = sorted(range(grp * hpg, (grp + 1) * hpg), key=lambda x: -rank[x])[:h]
-                    kept.update(heads)
-                states.append((attention_params(g * h, g, hidden, hd, bias), frozenset(kept)))
-    else:
-        states = []
-        for k in range(nq + 1):
-            kept = frozenset(range(nq)) - frozenset(order[:k])
-            groups = len({h // hpg for h in kept})
-            states.append((attention_params(len(kept), groups, hidden, hd, bias), kept))
-
+    states = attention_states(order, num_kv_heads, hidden, hd, bias, balanced=cfg.balanced_heads)
     variants = []
     for s in ladder.sparsities:
-        kept_heads = sorted(_closest(states, (1.0 - s) * dense))
+        kept_heads = level_heads(states, s, dense)
         heads = torch.tensor(kept_heads, dtype=torch.long, device=W.device)
         groups = torch.unique(group_of[heads]) if heads.numel() else heads
         params = attention_params(len(kept_heads), groups.numel(), hidden, hd, bias)
