@@ -70,8 +70,8 @@ class InProcessPool:
         self.survivors = self.evaluator.survivors
 
     def evaluate_many(self, genomes: Sequence[Genome], stage: int,
-                      on_result: Callable[[int, float], None] | None = None) -> list[float]:
-        return self.evaluator.evaluate_many(genomes, stage, on_result)
+                      on_result: Callable[[int, float], None] | None = None, sample: int = 0) -> list[float]:
+        return self.evaluator.evaluate_many(genomes, stage, on_result, sample)
 
     def close(self) -> None:
         pass
@@ -81,10 +81,10 @@ class _Actor:
     def __init__(self, spec: EvaluatorSpec):
         self.evaluator = build_evaluator(spec)
 
-    def evaluate(self, genome: list[int], stage: int) -> tuple[float, str]:
+    def evaluate(self, genome: list[int], stage: int, sample: int) -> tuple[float, str]:
         import ray
 
-        return self.evaluator.evaluate(tuple(genome), stage), ray.get_runtime_context().get_node_id()
+        return self.evaluator.evaluate(tuple(genome), stage, sample), ray.get_runtime_context().get_node_id()
 
 
 class RayPool:
@@ -103,7 +103,7 @@ class RayPool:
         self.replaced = 0
 
     def evaluate_many(self, genomes: Sequence[Genome], stage: int,
-                      on_result: Callable[[int, float], None] | None = None) -> list[float]:
+                      on_result: Callable[[int, float], None] | None = None, sample: int = 0) -> list[float]:
         import ray
         from ray.exceptions import RayActorError
 
@@ -114,7 +114,7 @@ class RayPool:
         while todo or running:
             while todo and idle:
                 i, slot = todo.pop(0), idle.pop(0)
-                running[self.actors[slot].evaluate.remote(list(genomes[i]), stage)] = (i, slot)
+                running[self.actors[slot].evaluate.remote(list(genomes[i]), stage, sample)] = (i, slot)
             done, _ = ray.wait(list(running), num_returns=1)
             ref = done[0]
             i, slot = running.pop(ref)

@@ -67,8 +67,9 @@ class TeacherCache:
         t = load_file(str(path))
         return cls(t["tokens"], t["top_logits"], t["top_index"], t["lse"], t["rest_lse"])
 
-    def kl(self, rows: slice, student_logits: Tensor) -> Tensor:
-        """Per-position top-k KL(teacher || student) for the cached sequences ``rows`` (float32)."""
+    def kl(self, rows: slice | Tensor, student_logits: Tensor) -> Tensor:
+        """Per-position top-k KL(teacher || student) for the cached sequences ``rows`` (a slice or
+        row indices; float32)."""
         dev = student_logits.device
         logits = student_logits.float()
         index = self.top_index[rows].to(dev)

@@ -25,7 +25,8 @@ from sparsearch.search.atomic import atomic_write
 from sparsearch.search.budget import Budget, CostModel
 from sparsearch.search.engine import Result
 from sparsearch.search.errors import SparsearchError
-from sparsearch.search.registry import BEST_START, ENGINES, ONE_SHOT
+from sparsearch.search.knapsack import KnapsackStart
+from sparsearch.search.registry import BEST_START, BEST_STARTS, ENGINES, ONE_SHOT
 from sparsearch.search.space import Genome, Ladder, SearchSpace
 from sparsearch.supernet.build import build_supernet
 from sparsearch.supernet.config import SupernetConfig
@@ -75,11 +76,12 @@ def ensure_supernet(
                           progress=progress)
 
 
-def fitness_tokens(calib: CalibrationConfig, schedule: TokenSchedule, model, tokenizer, run_dir: Path) -> torch.Tensor:
-    """Fitness tokens: the calibration source again with another seed (never held-out text), as many
-    sequences as the schedule's last stage needs; kept in the run directory for resumes."""
+def fitness_tokens(calib: CalibrationConfig, fitness: FitnessConfig, model, tokenizer, run_dir: Path) -> torch.Tensor:
+    """The fitness token pool: the calibration source again with another seed (never held-out
+    text), ``fitness.pool`` times the sequences the schedule's last stage needs; kept in the run
+    directory for resumes."""
     path = run_dir / FITNESS_TOKENS
-    rows = math.ceil(schedule.max_tokens / calib.seqlen)
+    rows = math.ceil(fitness.token_schedule.max_tokens / calib.seqlen) * fitness.pool
     if path.is_file():
         tokens = load_file(str(path))["tokens"]
         if tokens.shape == (rows, calib.seqlen):
@@ -107,13 +109,14 @@ def baseline_genomes(
     names: tuple[str, ...], model, space: SearchSpace, budget: Budget, target: float, tokens: torch.Tensor | None,
     *, seed: int, batch_size: int,
 ) -> dict[str, Genome]:
-    """One-shot allocations (no fitness evaluated) on ``space`` under ``budget``; ``model`` must be
-    dense. OWL and FLAP share one calibration pass over ``tokens``."""
+    """One-shot allocations on ``space`` under ``budget``; ``model`` must be dense. OWL and FLAP
+    share one calibration pass over ``tokens``; the knapsack allocation is a provider that the
+    engine calls with the run's fitness (its probes are evaluations)."""
     from sparsearch.supernet.capture import input_moments
     from sparsearch.supernet.flap import flap_genome
     from sparsearch.supernet.owl import owl_genome
 
-    moments = input_moments(model, tokens, batch_size) if set(names) - {"uniform"} else None
+    moments = input_moments(model, tokens, batch_size) if set(names) & {"owl", "flap"} else None
     out = {}
     for name in names:
         rng = random.Random(seed)
@@ -123,6 +126,8 @@ def baseline_genomes(
             out[name] = owl_genome(model, space, budget, moments, target, rng)[0]
         elif name == "flap":
             out[name] = flap_genome(model, space, budget, moments, rng)[0]
+        elif name == "knapsack":
+            out[name] = KnapsackStart(stage=0)
         else:
             raise SparsearchError(f"unknown one-shot allocation {name!r}")
     return out
@@ -133,7 +138,7 @@ def start_names(cfg: SearchConfig) -> tuple[str, ...]:
     its ``--init`` (all of them for ``best``; none for the default uniform start)."""
     if cfg.engine in ONE_SHOT:
         return (cfg.engine,)
-    return {"uniform": (), BEST_START: ONE_SHOT}.get(cfg.init, (cfg.init,))
+    return {"uniform": (), BEST_START: BEST_STARTS}.get(cfg.init, (cfg.init,))
 
 
 class TyrRounds:
@@ -184,7 +189,7 @@ def search(
     best genome on return). Fitness runs in process, or on Ray actors (``cluster``), each of
     which loads ``model_spec`` itself."""
     schedule = fitness.token_schedule
-    tokens = fitness_tokens(calib, schedule, model, tokenizer, run_dir)
+    tokens = fitness_tokens(calib, fitness, model, tokenizer, run_dir)
     factory = FitnessFactory(model, model_spec=model_spec or store.manifest["model"]["name"], tokens=tokens,
                              tokens_path=run_dir / FITNESS_TOKENS, fitness=fitness, cluster=cluster, seed=cfg.seed)
     space = store.space()
@@ -194,12 +199,14 @@ def search(
 
     names = start_names(cfg)
     baseline_tokens = None
-    if set(names) - {"uniform"}:
-        log(f"baselines: scoring {', '.join(n for n in names if n != 'uniform')} on {cfg.baseline_samples} "
+    if set(names) & {"owl", "flap"}:
+        log(f"baselines: scoring {', '.join(n for n in names if n in ('owl', 'flap'))} on {cfg.baseline_samples} "
             "calibration sequences")
         baseline_tokens = baseline_calibration(store, calib, cfg.baseline_samples, model, tokenizer)
     starts = baseline_genomes(names, model, space, budget, cfg.target_sparsity, baseline_tokens,
                               seed=cfg.seed, batch_size=fitness.batch_size)
+    if cfg.engine == "knapsack":
+        starts["knapsack"] = KnapsackStart(cfg.engine_config.stage)
 
     fit = factory.open(store)
     rounds = None
@@ -213,7 +220,7 @@ def search(
                             starts=starts, **extra)
         result = engine.run(resume=resume, settings=run_settings(cfg, fitness, store, tokens))
         baselines = {n: {"genome": list(g), "kl": result.start_scores[n], "sparsity": space.sparsity(g)}
-                     for n, g in starts.items()}
+                     for n, g in engine.starts.items()}
         if rounds is not None:
             store, fit = rounds.store, rounds.fitness
         same_supernet = engine.space is space

@@ -57,9 +57,15 @@ def set_rng_state(rng: random.Random, state: list) -> None:
     rng.setstate((state[0], tuple(state[1]), state[2]))
 
 
+StartProvider = Callable[[SearchSpace, Budget, CachedFitness], Genome]
+"""A start computed with the run's fitness (e.g. the knapsack allocation of probe scores): called
+through the evaluation cache, so a resumed run reuses its evaluations."""
+
+
 class Engine(abc.ABC):
     name: str = "engine"
     one_shot: bool = False  # no search: the result is the (best) start
+    probes_fitness: bool = False  # a one-shot start that costs evaluations of its own
 
     def __init__(
         self,
@@ -71,11 +77,14 @@ class Engine(abc.ABC):
         run_dir: str,
         seed: int = 0,
         log: Callable[[str], None] | None = print,
-        starts: Mapping[str, Genome] | None = None,
+        starts: Mapping[str, Genome | StartProvider] | None = None,
     ):
-        self.starts = {name: tuple(int(x) for x in g) for name, g in (starts or {}).items()}
+        self.starts: dict[str, Genome | StartProvider] = {
+            name: g if callable(g) else tuple(int(x) for x in g) for name, g in (starts or {}).items()
+        }
         for g in self.starts.values():
-            space.validate(g)
+            if not callable(g):
+                space.validate(g)
         self.start_scores: dict[str, float] = {}
         self.space = space
         self.budget = budget
@@ -150,6 +159,7 @@ class Engine(abc.ABC):
             self.step_index = checkpoint["step"]
             set_rng_state(self.rng, checkpoint["rng"])
             self.start_scores = checkpoint.get("start_scores", {})
+            self.starts = {name: tuple(g) for name, g in checkpoint.get("starts", {}).items()}
             self.set_state(checkpoint["state"])
             self.files.truncate_history(self.step_index)
             elapsed = checkpoint.get("wall_time_s", 0.0)
@@ -199,6 +209,7 @@ class Engine(abc.ABC):
     def _checkpoint(self, wall: float) -> None:
         self.files.save_checkpoint({
             "engine": self.name, "seed": self.seed, "step": self.step_index, "rng": rng_state(self.rng),
+            "starts": {name: list(g) for name, g in self.starts.items() if not callable(g)},
             "start_scores": self.start_scores, "state": self.get_state(), "wall_time_s": wall,
         })
 
@@ -206,6 +217,10 @@ class Engine(abc.ABC):
     def _score_starts(self) -> None:
         if not self.starts:
             return
+        for name, start in self.starts.items():
+            if callable(start):
+                self.starts[name] = start(self.space, self.budget, self.fitness)
+                self.log(f"start {name}: computed from {self.evaluations} evaluations")
         names = list(self.starts)
         scores = self.fitness.evaluate([self.starts[n] for n in names], self.final_stage)
         self.start_scores = dict(zip(names, scores))

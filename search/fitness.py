@@ -11,11 +11,16 @@ class Fitness(Protocol):
     """A score per genome at a stage (lower is better).
 
     ``survivors[s]`` candidates are kept after stage ``s``; later stages are costlier and more
-    accurate. ``on_result(i, score)`` is called as soon as genome ``i`` is scored.
+    accurate. ``sample`` picks the data a stage scores on: 0 is the fixed reference sample that
+    every engine reports on; other numbers draw other batches from the fitness token pool (the
+    same number, the same batches), so that a search can score each generation on fresh data
+    (DarwinLM) instead of fitting a fixed one. ``on_result(i, score)`` is called as soon as
+    genome ``i`` is scored.
     """
 
     survivors: Sequence[int]
 
     def evaluate_many(
-        self, genomes: Sequence[Genome], stage: int, on_result: Callable[[int, float], None] | None = None
+        self, genomes: Sequence[Genome], stage: int, on_result: Callable[[int, float], None] | None = None,
+        sample: int = 0,
     ) -> list[float]: ...

@@ -1,18 +1,26 @@
 """Multi-objective search with NSGA-II (DEAP), with EMO-PMS's sub-network divide and conquer.
 
-Objectives, both minimised: fitness at one schedule stage, and cost. Variation uses DEAP's
-uniform crossover and uniform-integer mutation; offspring over the budget limit are repaired
-(made sparser at random units); survivors are chosen by DEAP's ``selNSGA2``.
+Objectives, both minimised: fitness at one schedule stage, and cost. Parents are chosen by DEAP's
+crowded binary tournament (``selTournamentDCD``, on the ranks and crowding distances that
+``selNSGA2`` assigns); variation is DEAP's uniform crossover and a one-level step per mutated
+unit (levels are ordered, so a neighbouring level is the small change); survivors are chosen by
+``selNSGA2``.
 
-Global mode (``blocks=0``) evolves whole genomes under ``cost <= limit``; the result is the best
-genome within the budget band ever evaluated, and the final population's first front.
+Global mode (``blocks=0``) evolves whole genomes, each repaired into the budget band, so every
+evaluation is spent where the budget is; the front trades fitness against cost inside the band.
 
 Divide and conquer (``blocks=B``): the decoder layers are split into ``B`` contiguous blocks.
-For each block in turn, NSGA-II searches only that block's units (the rest stay at the uniform
-genome), over its whole cost range, giving a per-block Pareto front. The fronts are then joined
-by a global impairment ranking: every block starts at its most expensive front point; while the
-total cost is over the limit, the block whose next cheaper front point costs the least fitness
-increase per unit of cost saved moves to it. The joined genome is scored on the full model.
+For each block in turn, NSGA-II searches only that block's units (the rest stay at the start
+genome) over the block's whole cost range, giving a per-block Pareto front. The fronts are
+joined by a global impairment ranking: every block starts at its most expensive front point;
+while the total cost is over the limit, the block whose next cheaper front point costs the least
+fitness increase per unit of cost saved moves to it. The joined genome, repaired into the band,
+is the result; the ranking continued below the limit gives whole genomes at lower costs.
+
+At the end the candidates (global: the final population's first front and the best feasible
+genomes seen; divide and conquer: the joined genome and the ranking's genomes below the limit)
+are scored on the last fitness stage: the result is the best feasible one, and the reported
+front is the non-dominated set of (last-stage fitness, cost), every point within the budget.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from __future__ import annotations
 import random
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from deap import base, tools
 
@@ -55,32 +63,54 @@ def _deap_random(rng: random.Random) -> Iterator[None]:
         random.setstate(saved)
 
 
+def mut_level_step(genes: list[int], up: Sequence[int], indpb: float) -> None:
+    """Move each gene one level up or down (within ``0..up[i]``) with probability ``indpb``
+    (draws from the global ``random``, as DEAP's operators do)."""
+    for i, top in enumerate(up):
+        if random.random() < indpb:
+            step = random.choice((-1, 1)) if 0 < genes[i] < top else (1 if genes[i] == 0 else -1)
+            genes[i] = min(max(genes[i] + step, 0), top)
+
+
+def non_dominated(points: list[dict]) -> list[dict]:
+    """The points no other point dominates on (fitness, cost), sorted by cost."""
+    keep = [p for p in points if not any(
+        q["fitness"] <= p["fitness"] and q["cost"] <= p["cost"] and (q["fitness"], q["cost"]) != (p["fitness"], p["cost"])
+        for q in points)]
+    unique = {tuple(p["genome"]): p for p in keep}
+    return sorted(unique.values(), key=lambda p: (p["cost"], p["fitness"]))
+
+
 @dataclass(frozen=True)
 class NSGA2Config:
-    population: int = setting(24, "NSGA-II population")
+    population: int = setting(24, "NSGA-II population (a multiple of 4, for the crowded tournament)")
     generations: int = setting(20, "generations (tyr: per round)")
     cxpb: float = setting(0.6, "NSGA-II crossover probability")
     indpb: float = setting(0.1, "NSGA-II per-unit mutation probability")
     stage: int = setting(0, "fitness stage that scores each trial or individual")
     blocks: int = setting(0, "NSGA-II divide and conquer: layer blocks (0 = off)")
+    finalists: int = setting(4, "best feasible genomes re-scored on the final stage")
 
     def __post_init__(self) -> None:
-        require(self.population >= 4, "population", self.population, ">= 4")
+        require(self.population >= 4 and self.population % 4 == 0, "population", self.population,
+                "a multiple of 4, >= 4")
         require(self.generations >= 0, "generations", self.generations, ">= 0")
         require(0 <= self.cxpb <= 1, "cxpb", self.cxpb, "within [0, 1]")
         require(0 < self.indpb <= 1, "indpb", self.indpb, "within (0, 1]")
         require(self.blocks >= 0, "blocks", self.blocks, ">= 0")
         require(self.stage >= 0, "stage", self.stage, ">= 0")
+        require(self.finalists >= 0, "finalists", self.finalists, ">= 0")
 
 
 class NSGA2Engine(Engine):
     name = "nsga2"
     config: NSGA2Config
+    below = 8  # genomes of the impairment ranking scored below the limit (divide and conquer)
 
     # -- setup -------------------------------------------------------------------------------
     def initialize(self) -> None:
         self.base = self.start_genome()
-        self.best_seen: tuple[list[int], float] | None = None
+        self.seen: dict[tuple, float] = {}  # the best feasible genomes -> stage score (the finalists)
         layers = sorted({u.layer for u in self.space.units})
         if self.config.blocks:
             b = min(self.config.blocks, len(layers))
@@ -91,8 +121,13 @@ class NSGA2Engine(Engine):
         self.block = 0
         self.block_gen = 0
         self.fronts: list[list[dict]] = []
-        self.joined: list[int] | None = None
+        self.joined: list[list[int]] | None = None
         self.population = self._initial_population()
+        self.result: dict | None = None
+
+    @property
+    def _global(self) -> bool:
+        return not self.config.blocks
 
     def _initial_population(self) -> list[_Individual]:
         units = self.blocks[self.block]
@@ -104,14 +139,10 @@ class NSGA2Engine(Engine):
             genomes.append(self._bounded(g, units))
         return self._evaluate(genomes)
 
-    @property
-    def _global(self) -> bool:
-        return not self.config.blocks
-
     def _bounded(self, g: list[int], units: list[int]) -> Genome:
-        frozen = [i for i in range(len(g)) if i not in set(units)]
+        """Global mode: into the budget band (moving these ``units`` only)."""
         if self._global:
-            return self.budget.repair(g, self.rng, frozen=frozen, fill=False)
+            return self.budget.repair(g, self.rng, frozen=[i for i in range(len(g)) if i not in set(units)])
         return tuple(g)
 
     def _evaluate(self, genomes: list[Genome]) -> list[_Individual]:
@@ -119,8 +150,10 @@ class NSGA2Engine(Engine):
         out = []
         for g, s in zip(genomes, scores):
             out.append(_Individual(g, (s, self.budget.cost(g))))
-            if self.budget.feasible(g) and (self.best_seen is None or s < self.best_seen[1]):
-                self.best_seen = (list(g), s)
+            if self.budget.feasible(g):
+                self.seen[tuple(g)] = s
+        keep = sorted(self.seen, key=lambda x: (self.seen[x], x))[: max(self.config.finalists, 1)]
+        self.seen = {g: self.seen[g] for g in keep}
         return out
 
     # -- steps -------------------------------------------------------------------------------
@@ -140,26 +173,27 @@ class NSGA2Engine(Engine):
                     self.block_gen = 0
                     self.population = self._initial_population()
             return record
-        self.joined = list(self._join())
-        score = self._evaluate([tuple(self.joined)])[0].fitness.values[0]
+        self.joined = [list(g) for g in self._join()]
+        score = self._evaluate([tuple(self.joined[0])])[0].fitness.values[0]
         return {"joined": True, "joined_fitness": score}
 
     def _generation(self, units: list[int]) -> None:
-        low = [0] * len(units)
         up = [len(self.space.levels[i]) - 1 for i in units]
         with _deap_random(self.rng):
-            parents = [list(self.population[random.randrange(len(self.population))]) for _ in range(self.config.population)]
+            tools.selNSGA2(self.population, len(self.population))  # ranks and crowding distances
+            parents = tools.selTournamentDCD(self.population, len(self.population))
             children = []
             for a, b in zip(parents[::2], parents[1::2]):
                 sa, sb = [a[i] for i in units], [b[i] for i in units]
                 if random.random() < self.config.cxpb:
                     tools.cxUniform(sa, sb, 0.5)
-                tools.mutUniformInt(sa, low, up, self.config.indpb)
-                tools.mutUniformInt(sb, low, up, self.config.indpb)
+                mut_level_step(sa, up, self.config.indpb)
+                mut_level_step(sb, up, self.config.indpb)
                 for p, s in ((a, sa), (b, sb)):
+                    child = list(p)
                     for i, v in zip(units, s):
-                        p[i] = v
-                    children.append(p)
+                        child[i] = v
+                    children.append(child)
         offspring = self._evaluate([self._bounded(c, units) for c in children])
         with _deap_random(self.rng):
             self.population = tools.selNSGA2(self.population + offspring, self.config.population)
@@ -170,8 +204,9 @@ class NSGA2Engine(Engine):
         return sorted(({"genome": list(g), "fitness": v[0], "cost": v[1]} for g, v in uniq.items()),
                       key=lambda p: p["cost"])
 
-    def _join(self) -> Genome:
-        """Global impairment ranking over the per-block fronts (see the module docstring)."""
+    def _join(self) -> list[Genome]:
+        """Global impairment ranking over the per-block fronts (see the module docstring): the
+        joined genome in the band, then the ranking's genomes below the limit."""
         g = list(self.base)
         pos = [len(f) - 1 for f in self.fronts]  # each block at its most expensive point
 
@@ -180,9 +215,7 @@ class NSGA2Engine(Engine):
             for i in self.blocks[b]:
                 g[i] = point[i]
 
-        for b in range(len(self.fronts)):
-            apply(b)
-        while self.budget.cost(tuple(g)) > self.budget.limit + 1e-9:
+        def move() -> bool:
             best, rate = None, None
             for b, f in enumerate(self.fronts):
                 if pos[b] == 0:
@@ -192,29 +225,64 @@ class NSGA2Engine(Engine):
                 if rate is None or r < rate:
                     best, rate = b, r
             if best is None:
-                break
+                return False
             pos[best] -= 1
             apply(best)
-        return self.budget.repair(g, self.rng)
+            return True
+
+        for b in range(len(self.fronts)):
+            apply(b)
+        while self.budget.cost(tuple(g)) > self.budget.limit + 1e-9 and move():
+            pass
+        path = [self.budget.repair(g, self.rng)]
+        for _ in range(self.below):
+            if not move():
+                break
+            path.append(tuple(g))
+        return path
+
+    def finish(self) -> None:
+        """Score the candidates on the last stage; the best feasible one is the result and the
+        non-dominated ones within the budget are the front."""
+        if self._global:
+            by_stage = sorted(self.seen, key=lambda g: (self.seen[g], g))[: self.config.finalists]
+            candidates = list(dict.fromkeys([tuple(p["genome"]) for p in self._front()] + by_stage))
+        else:
+            candidates = [tuple(g) for g in self.joined]
+        candidates = [g for g in candidates if self.budget.within_limit(g)]
+        scores = self.fitness.evaluate(candidates, self.final_stage)
+        points = [{"genome": list(g), "fitness": s, "cost": self.budget.cost(g)} for g, s in zip(candidates, scores)]
+        feasible = [p for p in points if self.budget.feasible(tuple(p["genome"]))]
+        best = min(feasible, key=lambda p: (p["fitness"], p["genome"]), default=None)
+        self.result = {"best": best, "front": non_dominated(points)}
+        if best is not None:
+            self.log(f"nsga2: {len(points)} candidates scored on stage {self.final_stage}; best {best['fitness']:.5f}")
+
+    # -- results and state ---------------------------------------------------------------------
+    def best(self) -> tuple[Genome, float]:
+        if self.result and self.result["best"]:
+            return tuple(self.result["best"]["genome"]), self.result["best"]["fitness"]
+        if not self.seen:
+            return self.base, float("inf")
+        g = min(self.seen, key=lambda x: (self.seen[x], x))
+        return g, self.seen[g]
+
+    def pareto(self) -> list[dict[str, Any]]:
+        return self.result["front"] if self.result else []
 
     @classmethod
     def planned_evaluations(cls, config: NSGA2Config, survivors, space) -> dict[int, int]:
         runs = max(1, min(config.blocks, len({u.layer for u in space.units}))) if config.blocks else 1
-        return {config.stage: runs * config.population * (config.generations + 1) + (1 if config.blocks else 0)}
-
-    # -- results and state ---------------------------------------------------------------------
-    def best(self) -> tuple[Genome, float]:
-        if self.best_seen is None:
-            return self.base, float("inf")
-        return tuple(self.best_seen[0]), self.best_seen[1]
-
-    def pareto(self) -> list[dict[str, Any]]:
-        return self._front() if self._global else [p for f in self.fronts for p in f]
+        final = len(survivors) - 1
+        counts = {config.stage: runs * config.population * (config.generations + 1) + (1 if config.blocks else 0)}
+        finalists = cls.below + 1 if config.blocks else config.population + config.finalists
+        counts[final] = counts.get(final, 0) + finalists
+        return counts
 
     def get_state(self) -> dict[str, Any]:
         return {
             "base": list(self.base), "blocks": self.blocks, "block": self.block, "block_gen": self.block_gen,
-            "fronts": self.fronts, "joined": self.joined, "best_seen": self.best_seen,
+            "fronts": self.fronts, "joined": self.joined, "seen": [[list(g), s] for g, s in self.seen.items()],
             "population": [{"genome": list(i), "values": list(i.fitness.values)} for i in self.population],
         }
 
@@ -222,5 +290,6 @@ class NSGA2Engine(Engine):
         self.base = tuple(s["base"])
         self.blocks, self.block, self.block_gen = s["blocks"], s["block"], s["block_gen"]
         self.fronts, self.joined = s["fronts"], s["joined"]
-        self.best_seen = tuple(s["best_seen"]) if s["best_seen"] else None
+        self.seen = {tuple(g): v for g, v in s["seen"]}
         self.population = [_Individual(p["genome"], p["values"]) for p in s["population"]]
+        self.result = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from sparsearch.search.engine import Engine
 from sparsearch.search.evolution import EvolutionConfig, EvolutionEngine
+from sparsearch.search.knapsack import KnapsackAllocation, KnapsackConfig
 from sparsearch.search.nsga2 import NSGA2Config, NSGA2Engine
 from sparsearch.search.oneshot import FLAPAllocation, OneShotConfig, OWLAllocation, UniformAllocation
 from sparsearch.search.tpe import TPEConfig, TPEEngine
@@ -21,8 +22,10 @@ ENGINES: dict[str, tuple[type[Engine], type]] = {
     "uniform": (UniformAllocation, OneShotConfig),
     "owl": (OWLAllocation, OneShotConfig),
     "flap": (FLAPAllocation, OneShotConfig),
+    "knapsack": (KnapsackAllocation, KnapsackConfig),
 }
 
 ONE_SHOT = tuple(name for name, (engine, _) in ENGINES.items() if engine.one_shot)
-BEST_START = "best"  # --init best: every one-shot allocation, the lowest final-stage fitness wins
+BEST_START = "best"  # --init best: the one-shot allocations that cost no evaluations; the lowest fitness wins
+BEST_STARTS = tuple(name for name in ONE_SHOT if not ENGINES[name][0].probes_fitness)
 INITS = ONE_SHOT + (BEST_START,)

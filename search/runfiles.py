@@ -3,7 +3,7 @@
 - ``settings.json``: the engine, seed and the fitness/budget settings the run was made with,
   written before its first evaluation (a resume under other settings is refused);
 - ``checkpoint.json``: the engine state at the last generation/trial boundary (atomic rewrite);
-- ``evaluations.jsonl``: one line per finished evaluation ``(genome, stage, score)``, appended and
+- ``evaluations.jsonl``: one line per finished evaluation ``(genome, stage, sample, score)``, appended and
   synced as each finishes, so a resumed run re-uses every completed evaluation;
 - ``history.jsonl``: one line per generation/trial, cut back to the checkpoint on resume.
 """
@@ -71,9 +71,12 @@ class RunFiles:
     def evaluations(self) -> list[dict]:
         return read_lines(self.dir / EVALUATIONS)
 
-    def append_evaluation(self, genome: Genome, stage: int, score: float, space: str = "") -> None:
+    def append_evaluation(self, genome: Genome, stage: int, score: float, space: str = "", sample: int = 0) -> None:
         count = self.evaluation_count()
-        append_line(self.dir / EVALUATIONS, {"genome": list(genome), "stage": stage, "score": score, "space": space})
+        record = {"genome": list(genome), "stage": stage, "score": score, "space": space}
+        if sample:
+            record["sample"] = sample
+        append_line(self.dir / EVALUATIONS, record)
         self._evaluations = count + 1
 
     def reset(self) -> None:

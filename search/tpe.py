@@ -1,38 +1,42 @@
 """Optuna TPE over per-unit levels, driven by ask/tell on the driver.
 
-One integer parameter per unit (its level; levels are ordered by sparsity). The start genome (uniform,
-or a given one) is enqueued as the first trial. The study lives in Optuna storage: a journal file in the run
-directory by default (``optuna.log``), or any Optuna RDB URL (sqlite, PostgreSQL); ``resume``
-continues the same study (``load_if_exists``), and a trial left running by a killed driver is
-finished from the evaluation cache.
+One integer parameter per unit (its level; levels are ordered by sparsity). The study lives in
+Optuna storage: a journal file in the run directory by default (``optuna.log``), or any Optuna
+RDB URL (sqlite, PostgreSQL); ``resume`` continues the same study. Step 0 adds the start genome
+(uniform, or a given one) as the study's first trial.
 
 Budget handling (``budget_mode``):
 
-- ``repair`` (default): the sampled genome is repaired into the budget band, the repaired genome
-  is scored, and the score is told for the sampled parameters (the repaired genome is kept as a
-  user attribute). Every trial spends one evaluation on a genome that meets the budget; this is
-  the default because in tens of dimensions almost no independently sampled genome lands in a
-  1% cost band, so a pure constraint would waste most trials.
-- ``constraint``: the budget is an Optuna constraint (``trial.set_constraint``); a genome over
-  the limit is told a penalty without being scored, and TPE learns the feasible region from the
-  violations (cheap trials, useful when evaluations are costly and the budget loose).
+- ``repair`` (default): the sampled genome is repaired into the budget band and the repaired
+  genome is scored. The study is told what was scored: the repaired genome is added as a complete
+  trial with its score (the sampled trial, if it differs, is marked failed, which TPE ignores), so
+  TPE models the genomes that meet the budget. In tens of dimensions almost no independently
+  sampled genome lands in a 1% cost band, so a pure constraint would waste most trials.
+- ``constraint``: both sides of the band are Optuna constraints (``trial.set_constraint``); a
+  genome outside the band is told a penalty without being scored, and TPE learns the feasible
+  region from the violations (cheap trials, for loose budgets).
 
 Trials are scored on fitness stage ``stage`` (default 0, the cheapest). At the end, the
 ``finalists`` best distinct feasible trials are scored again on the schedule's final stage and the
 best of them is the result (its fitness is then comparable with other engines'; a cheap stage's
 best score is biased low by selection).
 
-Each trial's sampler is seeded from the run seed and the trial number, so a resumed study draws
-exactly what an uninterrupted one would.
+Exact resume: each step's sampler is seeded from the run seed and the step number, and every
+trial records its step. A resumed step whose scored trial is already in the study (the driver died
+after telling, before its checkpoint) is replayed from the study; a trial left running (the
+driver died during ask or the evaluation) is marked failed and the step asks again, drawing the
+same parameters, since failed trials do not enter TPE's model.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.distributions import IntDistribution
+from optuna.trial import TrialState
 
 from sparsearch.search.config import require, require_choice, setting
 from sparsearch.search.engine import Engine
@@ -52,8 +56,8 @@ class TPEConfig:
     budget_mode: str = setting("repair", "TPE budget handling", choices=BUDGET_MODES)
     stage: int = setting(0, "fitness stage that scores each trial or individual")
     startup_trials: int = setting(10, "TPE random trials before the model")
-    penalty: float = setting(1e6, "TPE value told for a genome over the budget", cli=False)
-    finalists: int = setting(4, "TPE: best trials re-scored on the final fitness stage")
+    penalty: float = setting(1e6, "TPE value told for a genome outside the budget", cli=False)
+    finalists: int = setting(4, "best feasible genomes re-scored on the final stage")
 
     def __post_init__(self) -> None:
         require_choice("budget_mode", self.budget_mode, BUDGET_MODES)
@@ -61,6 +65,15 @@ class TPEConfig:
         require(self.startup_trials >= 0, "startup_trials", self.startup_trials, ">= 0")
         require(self.stage >= 0, "stage", self.stage, ">= 0")
         require(self.finalists >= 0, "finalists", self.finalists, ">= 0")
+
+
+def _heal_journal(path: Path) -> None:
+    """Cut a torn last line (a write cut by a kill) so that later appends stay readable."""
+    if path.is_file() and path.stat().st_size:
+        data = path.read_bytes()
+        if not data.endswith(b"\n"):
+            with open(path, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
 
 
 class TPEEngine(Engine):
@@ -74,6 +87,7 @@ class TPEEngine(Engine):
         from optuna.storages.journal import JournalFileBackend
 
         self.files.dir.mkdir(parents=True, exist_ok=True)
+        _heal_journal(self.files.dir / JOURNAL)
         return JournalStorage(JournalFileBackend(str(self.files.dir / JOURNAL)))
 
     def _open(self, *, fresh: bool) -> None:
@@ -90,51 +104,86 @@ class TPEEngine(Engine):
                 f"study {self.config.study_name!r} already exists in {self.config.storage}; use --resume or another name"
             ) from None
 
+    @property
+    def _distributions(self) -> dict[str, IntDistribution]:
+        return {u.name: IntDistribution(0, len(lv) - 1) for u, lv in zip(self.space.units, self.space.levels)}
+
     def initialize(self) -> None:
         self._open(fresh=True)
-        self.study.enqueue_trial({u.name: g for u, g in zip(self.space.units, self.start_genome())})
         self.best_seen: tuple[list[int], float] | None = None
 
     def done(self) -> bool:
         return self.step_index >= self.config.trials
 
+    def _step_trials(self, states: tuple[TrialState, ...]) -> list:
+        return [t for t in self.study.get_trials(deepcopy=False, states=states)
+                if t.user_attrs.get("step") == self.step_index]
+
+    def _bounds(self, genome: Genome) -> dict[str, float]:
+        """Optuna constraints (<= 0 is feasible): the cost above the limit, and below the band."""
+        dense = self.budget.model.dense()
+        cost = self.budget.cost(genome)
+        return {"over_limit": (cost - self.budget.limit) / dense,
+                "under_band": (self.budget.limit - self.budget.tolerance - cost) / dense}
+
     def step(self) -> dict[str, Any]:
-        running = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-        if running:  # left by a killed driver: finish it with the same parameters
-            trial = optuna.trial.Trial(self.study, running[0]._trial_id)
+        told = self._step_trials((TrialState.COMPLETE,))
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            self.study.tell(t.number, state=TrialState.FAIL)  # left by a killed driver: asked again below
+        if told:  # scored and told before a kill, not yet checkpointed: replay it
+            sampled = tuple(told[0].user_attrs["sampled"])
+            genome = self.budget.repair(sampled, self.rng) if self.config.budget_mode == "repair" else sampled
+            return self._record(genome, told[0].value)
+        if self.step_index == 0:  # the start genome, scored as the first trial
+            sampled, trial = self.start_genome(), None
         else:
             self.study.sampler = optuna.samplers.TPESampler(
-                seed=self.seed * 1_000_003 + len(self.study.trials), n_startup_trials=self.config.startup_trials,
+                seed=self.seed * 1_000_003 + self.step_index, n_startup_trials=self.config.startup_trials,
                 multivariate=True,
             )
             trial = self.study.ask()
-        sampled = tuple(trial.suggest_int(u.name, 0, len(lv) - 1) for u, lv in zip(self.space.units, self.space.levels))
-        record: dict[str, Any] = {"trial": trial.number}
-        if self.config.budget_mode == "repair":
-            genome = self.budget.repair(sampled, self.rng)
-        else:
-            genome = sampled
-            with warnings.catch_warnings():  # a resumed trial may already carry it (same value)
-                warnings.simplefilter("ignore", UserWarning)
-                trial.set_constraint("budget", (self.budget.cost(genome) - self.budget.limit) / self.budget.model.dense())
-        if self.budget.within_limit(genome):
+            trial.set_user_attr("step", self.step_index)
+            sampled = tuple(trial.suggest_int(u.name, 0, len(lv) - 1)
+                            for u, lv in zip(self.space.units, self.space.levels))
+        repair = self.config.budget_mode == "repair"
+        genome = self.budget.repair(sampled, self.rng) if repair else sampled
+        attrs = {"step": self.step_index, "sampled": list(sampled), "genome": list(genome)}
+        if repair or self.budget.feasible(genome):
             value = self.fitness.evaluate([genome], self.config.stage)[0]
-            if self.budget.feasible(genome) and (self.best_seen is None or value < self.best_seen[1]):
-                self.best_seen = (list(genome), value)
         else:
             value = self.config.penalty
+        constraints = None if repair else self._bounds(genome)
+        if trial is not None and genome == sampled:
+            for k, v in attrs.items():
+                trial.set_user_attr(k, v)
+            for k, v in (constraints or {}).items():
+                trial.set_constraint(k, v)
+            self.study.tell(trial, value)
+        else:  # tell the study what was scored: the repaired (or start) genome as a complete trial
+            self.study.add_trial(optuna.trial.create_trial(
+                params={u.name: g for u, g in zip(self.space.units, genome)}, distributions=self._distributions,
+                value=value, user_attrs=attrs, constraints=constraints))
+            if trial is not None:
+                self.study.tell(trial, state=TrialState.FAIL)
+        return self._record(genome, value)
+
+    def _record(self, genome: Genome, value: float) -> dict[str, Any]:
+        # the study's trial of this step carries the user attribute step (trial numbers also count
+        # the failed trials of interrupted asks, so they are not part of the record)
+        record: dict[str, Any] = {"value": value}
+        if not self.budget.feasible(genome):
             record["infeasible"] = True
-        trial.set_user_attr("genome", list(genome))
-        self.study.tell(trial, value)
-        record["value"] = value
+        elif self.best_seen is None or value < self.best_seen[1]:
+            self.best_seen = (list(genome), value)
         return record
 
     def finish(self) -> None:
         final = self.final_stage
         if not self.config.finalists or self.config.stage >= final:
             return
-        done = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        ranked = sorted((t for t in done if t.value < self.config.penalty), key=lambda t: (t.value, t.number))
+        done = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        ranked = sorted((t for t in done if "step" in t.user_attrs and t.value < self.config.penalty),
+                        key=lambda t: (t.value, t.number))
         genomes = [g for g in dict.fromkeys(tuple(t.user_attrs["genome"]) for t in ranked) if self.budget.feasible(g)]
         genomes = genomes[: self.config.finalists]
         if genomes:

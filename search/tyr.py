@@ -4,7 +4,7 @@ Round 0 searches the coarse supernet (ladder step ``first_step``, default 12.5%)
 halves the step (6.25%, 3.125%, 1.5625%), rebuilds every unit's ladder as ``levels`` sparsities
 centred on that unit's sparsity in the previous round's best genome (plus the dense and removed
 levels, which cost nothing to store), asks the caller to build that supernet and its fitness, and
-searches again with evolution (:func:`~search.evolution.evolve_generation`) starting from the
+searches again with evolution (:func:`~sparsearch.search.evolution.evolve_generation`) starting from the
 previous best. The supernet rebuild is injected (``rebuild``), so this module needs no torch.
 """
 
@@ -71,14 +71,16 @@ class TyrEngine(Engine):
     def initialize(self) -> None:
         self.parent = self.start_genome()
         self.parent_score = self.fitness.evaluate([self.parent], self.final_stage)[0]
+        self.sample = 0
 
     def done(self) -> bool:
         return self.round == self.config.rounds - 1 and self.generation >= self.config.generations
 
     def step(self) -> dict[str, Any]:
         if self.generation < self.config.generations:
+            self.sample = self.step_index + 1 if self.config.fresh_data else 0
             self.parent, self.parent_score, record = evolve_generation(
-                self.parent, self.parent_score, self.fitness, self.budget, self.rng, self.config
+                self.parent, self.parent_score, self.fitness, self.budget, self.rng, self.config, self.sample
             )
             self.generation += 1
             return {"round": self.round, "generation": self.generation, **record}
@@ -87,6 +89,7 @@ class TyrEngine(Engine):
         self._enter_round(self.round + 1)
         self.parent = self.budget.repair(self._nearest(self.centres), self.rng)
         self.parent_score = self.fitness.evaluate([self.parent], self.final_stage)[0]
+        self.sample = 0
         return {"round": self.round, "generation": 0, "step_size": self.config.step(self.round),
                 "parent_fitness": self.parent_score}
 
@@ -103,6 +106,11 @@ class TyrEngine(Engine):
             for u, lv in zip(self.space.units, self.space.levels)
         )
 
+    def finish(self) -> None:
+        if self.sample:  # the result's fitness on the reference data
+            self.parent_score = self.fitness.evaluate([self.parent], self.final_stage)[0]
+            self.sample = 0
+
     def best(self) -> tuple[Genome, float]:
         return self.parent, self.parent_score
 
@@ -113,11 +121,11 @@ class TyrEngine(Engine):
 
     def get_state(self) -> dict[str, Any]:
         return {"round": self.round, "generation": self.generation, "centres": self.centres,
-                "parent": list(self.parent), "parent_score": self.parent_score}
+                "parent": list(self.parent), "parent_score": self.parent_score, "sample": self.sample}
 
     def set_state(self, s: dict[str, Any]) -> None:
         self.centres = s["centres"]
         if s["round"] > 0:
             self._enter_round(s["round"])
         self.round, self.generation = s["round"], s["generation"]
-        self.parent, self.parent_score = tuple(s["parent"]), s["parent_score"]
+        self.parent, self.parent_score, self.sample = tuple(s["parent"]), s["parent_score"], s.get("sample", 0)

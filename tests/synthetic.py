@@ -37,13 +37,14 @@ class SyntheticFitness:
     def true(self, genome) -> float:
         return sum(w * lv[g].sparsity ** 2 for w, lv, g in zip(self.importance, self.space.levels, genome))
 
-    def evaluate_many(self, genomes, stage, on_result=None):
+    def evaluate_many(self, genomes, stage, on_result=None, sample=0):
         out = []
         for i, g in enumerate(genomes):
             if self.fail_after is not None and self.calls >= self.fail_after:
                 raise KeyboardInterrupt("killed")
             self.counter["calls"] += 1
-            h = int(hashlib.sha256(repr((tuple(g), stage)).encode()).hexdigest()[:8], 16) / 2**32
+            key = (tuple(g), stage) if not sample else (tuple(g), stage, sample)
+            h = int(hashlib.sha256(repr(key).encode()).hexdigest()[:8], 16) / 2**32
             score = self.true(g) + self.noise[stage] * (h - 0.5)
             out.append(score)
             if on_result:

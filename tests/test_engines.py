@@ -46,7 +46,8 @@ def test_respects_budget_and_beats_uniform(name, tmp_path):
     assert engine.budget.feasible(result.best_genome)
     final = engine.fitness.fitness  # Týr's last round has its own space and fitness
     assert final.true(result.best_genome) < 0.8 * fit.true(uniform), (result.best_genome, uniform)
-    assert result.evaluations == len({(r["space"], tuple(r["genome"]), r["stage"]) for r in engine.files.evaluations()})
+    assert result.evaluations == len({(r["space"], tuple(r["genome"]), r["stage"], r.get("sample", 0))
+                                      for r in engine.files.evaluations()})
     history = engine.files.history()
     assert len(history) >= 1 and all("best_fitness" in r for r in history)
 
@@ -134,16 +135,26 @@ def test_tpe_study_is_a_readable_optuna_study(tmp_path):
     engine.run()
     study = optuna.load_study(study_name="sparsearch",
                               storage=JournalStorage(JournalFileBackend(str(tmp_path / "run" / "optuna.log"))))
-    assert len(study.trials) == 40
-    first = study.trials[0]
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert sorted(t.user_attrs["step"] for t in complete) == list(range(40))  # one scored trial per step
+    first = complete[0]
     assert tuple(first.params[u.name] for u in engine.space.units) == engine.start_genome()
     assert json.dumps(first.user_attrs["genome"])
+    # TPE is told what was scored: every complete trial's parameters are the scored, in-band genome
+    for t in complete:
+        genome = tuple(t.params[u.name] for u in engine.space.units)
+        assert genome == tuple(t.user_attrs["genome"]) and engine.budget.feasible(genome)
+    # a sampled genome outside the band was repaired: its own trial failed, which TPE ignores
+    failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+    assert failed and all(not engine.budget.feasible(tuple(t.params[u.name] for u in engine.space.units))
+                          for t in failed)
 
 
 def test_tpe_result_is_the_best_finalist_on_the_final_stage(tmp_path):
     engine, fitness = _engine("tpe", tmp_path)
     result = engine.run()
-    trials = sorted((t for t in engine.study.trials if t.value < 1e6), key=lambda t: (t.value, t.number))
+    trials = sorted((t for t in engine.study.trials if t.value is not None and t.value < 1e6),
+                    key=lambda t: (t.value, t.number))
     top = list(dict.fromkeys(tuple(t.user_attrs["genome"]) for t in trials))[:4]
     assert result.best_genome in top
     # the final stage is noise-free: the reported fitness is the genome's true value, the best of the four

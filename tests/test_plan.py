@@ -40,9 +40,10 @@ def test_plan_needs_only_a_config_json(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["supernet"]["units"] == 8 and out["supernet"]["disk_bytes"] > 0
     assert out["build"]["calibration_tokens"] == 16 * 32 and out["build"]["peak_memory_mib"] > out["build"]["memory"]["model_mib"]
-    # evolution: 4 offspring at stage 0, its 4 survivors at stage 1, 5 generations, plus the first parent
-    assert out["search"]["evaluations_per_stage"] == {"0": 20, "1": 21}
-    assert out["search"]["forward_tokens"] == 20 * 64 + 21 * 256
+    # evolution, 5 generations: 4 offspring at stage 0, their 4 survivors and the parent (fresh data) at
+    # stage 1; and the first parent and the result on the reference data
+    assert out["search"]["evaluations_per_stage"] == {"0": 20, "1": 27}
+    assert out["search"]["forward_tokens"] == 20 * 64 + 27 * 256
     assert [s["tokens"] for s in out["evaluation"]] == [64, 256]
 
 

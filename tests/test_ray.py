@@ -64,8 +64,8 @@ def test_pool_scores_equal_in_process_and_survive_a_killed_actor(spec, local_ray
             ray.kill(victim)
 
     original = pool.evaluate_many
-    pool.evaluate_many = lambda genomes, stage, on_result=None: original(
-        genomes, stage, lambda i, s: (on_result and on_result(i, s), on_result_kill(i, s)))
+    pool.evaluate_many = lambda genomes, stage, on_result=None, sample=0: original(
+        genomes, stage, lambda i, s: (on_result and on_result(i, s), on_result_kill(i, s)), sample)
     try:
         result = _engine(space, pool, tmp_path / "ray").run()
     finally:
