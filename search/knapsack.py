@@ -59,31 +59,39 @@ def damages(space: SearchSpace, scores: list[float]) -> list[list[float]]:
     return [[0.0] + [next(rest) - dense for _ in range(len(levels) - 1)] for levels in space.levels]
 
 
-def solve(space: SearchSpace, budget: Budget, damage: list[list[float]]) -> Genome:
-    """The genome minimising the sum of ``damage`` with its cost in the budget band (exact)."""
+def choose(values: list[list[float]], costs: list[list[float]], low: float, high: float) -> list[int] | None:
+    """The multiple-choice knapsack: one option per group, the sum of ``values`` minimal, the sum
+    of ``costs`` within ``[low, high]`` (exact, ``scipy.optimize.milp``); ``None`` if infeasible."""
     from scipy.optimize import Bounds, LinearConstraint, milp
 
-    sizes = [len(levels) for levels in space.levels]
+    sizes = [len(v) for v in values]
     n = sum(sizes)
-    objective = np.concatenate([np.asarray(d, dtype=float) for d in damage])
-    cost = np.concatenate([np.asarray(t, dtype=float) for t in budget.model.table])
+    objective = np.concatenate([np.asarray(v, dtype=float) for v in values])
+    cost = np.concatenate([np.asarray(c, dtype=float) for c in costs])
     one_each = np.zeros((len(sizes), n))
     start = 0
-    for u, size in enumerate(sizes):
-        one_each[u, start : start + size] = 1.0
+    for g, size in enumerate(sizes):
+        one_each[g, start : start + size] = 1.0
         start += size
     scale = max(float(np.abs(cost).max()), 1.0)  # costs of order 1 for the solver's tolerances
-    band = LinearConstraint(cost / scale, (budget.limit - budget.tolerance) / scale, budget.limit / scale)
     res = milp(objective, integrality=np.ones(n), bounds=Bounds(0, 1),
-               constraints=[LinearConstraint(one_each, 1, 1), band])
+               constraints=[LinearConstraint(one_each, 1, 1), LinearConstraint(cost / scale, low / scale, high / scale)],
+               options={"mip_rel_gap": 0.0})
     if res.x is None:
-        raise SparsearchError(f"no genome meets the budget band ({res.message})")
-    x = res.x.round()
-    genome, start = [], 0
+        return None
+    x, picks, start = res.x.round(), [], 0
     for size in sizes:
-        genome.append(int(np.argmax(x[start : start + size])))
+        picks.append(int(np.argmax(x[start : start + size])))
         start += size
-    return tuple(genome)
+    return picks
+
+
+def solve(space: SearchSpace, budget: Budget, damage: list[list[float]]) -> Genome:
+    """The genome minimising the sum of ``damage`` with its cost in the budget band (exact)."""
+    picks = choose(damage, [list(t) for t in budget.model.table], budget.limit - budget.tolerance, budget.limit)
+    if picks is None:
+        raise SparsearchError("no genome meets the budget band")
+    return tuple(picks)
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,15 @@ evaluation is spent where the budget is; the front trades fitness against cost i
 
 Divide and conquer (``blocks=B``): the decoder layers are split into ``B`` contiguous blocks.
 For each block in turn, NSGA-II searches only that block's units (the rest stay at the start
-genome) over the block's whole cost range, giving a per-block Pareto front. The fronts are
-joined by a global impairment ranking: every block starts at its most expensive front point;
-while the total cost is over the limit, the block whose next cheaper front point costs the least
-fitness increase per unit of cost saved moves to it. The joined genome, repaired into the band,
-is the result; the ranking continued below the limit gives whole genomes at lower costs.
+genome) within a cost window around the block's start cost (``window``), giving a per-block
+Pareto front where the join will need it. The fronts are
+joined as EMO-PMS's global impairment ranking does, but exactly: one front point per block, the
+sum of the points' fitness increases over the start minimal and the total cost in the budget
+band (the multiple-choice knapsack of :func:`~sparsearch.search.knapsack.choose`). The joined
+genome is the result; joins under lower limits give whole genomes at lower costs.
 
 At the end the candidates (global: the final population's first front and the best feasible
-genomes seen; divide and conquer: the joined genome and the ranking's genomes below the limit)
+genomes seen; divide and conquer: the joined genomes)
 are scored on the last fitness stage: the result is the best feasible one, and the reported
 front is the non-dominated set of (last-stage fitness, cost), every point within the budget.
 """
@@ -32,8 +33,10 @@ from typing import Any, Iterator, Sequence
 
 from deap import base, tools
 
+from sparsearch.search.budget import Budget
 from sparsearch.search.config import require, setting
 from sparsearch.search.engine import Engine
+from sparsearch.search.knapsack import choose
 from sparsearch.search.space import Genome
 
 
@@ -89,6 +92,8 @@ class NSGA2Config:
     indpb: float = setting(0.1, "NSGA-II per-unit mutation probability")
     stage: int = setting(0, "fitness stage that scores each trial or individual")
     blocks: int = setting(0, "NSGA-II divide and conquer: layer blocks (0 = off)")
+    window: float = setting(0.15, "NSGA-II divide and conquer: each block's cost window around its start, as a "
+                            "fraction of the block's dense cost")
     finalists: int = setting(4, "best feasible genomes re-scored on the final stage")
 
     def __post_init__(self) -> None:
@@ -98,6 +103,7 @@ class NSGA2Config:
         require(0 <= self.cxpb <= 1, "cxpb", self.cxpb, "within [0, 1]")
         require(0 < self.indpb <= 1, "indpb", self.indpb, "within (0, 1]")
         require(self.blocks >= 0, "blocks", self.blocks, ">= 0")
+        require(0 < self.window <= 1, "window", self.window, "within (0, 1]")
         require(self.stage >= 0, "stage", self.stage, ">= 0")
         require(self.finalists >= 0, "finalists", self.finalists, ">= 0")
 
@@ -140,10 +146,21 @@ class NSGA2Engine(Engine):
         return self._evaluate(genomes)
 
     def _bounded(self, g: list[int], units: list[int]) -> Genome:
-        """Global mode: into the budget band (moving these ``units`` only)."""
+        """Into the budget band (global mode), or the block's cost window (divide and conquer),
+        moving these ``units`` only."""
+        frozen = [i for i in range(len(g)) if i not in set(units)]
+        return self._band(units).repair(g, self.rng, frozen=frozen)
+
+    def _band(self, units: list[int]) -> Budget:
+        """Global mode: the budget. A block: its cost at the start genome, +- ``window`` of the
+        block's dense cost (the total cost moves with the block's units only)."""
         if self._global:
-            return self.budget.repair(g, self.rng, frozen=[i for i in range(len(g)) if i not in set(units)])
-        return tuple(g)
+            return self.budget
+        table = self.budget.model.table
+        base = self.budget.cost(self.base)
+        width = self.config.window * sum(table[i][0] for i in units)
+        hi = min(base + width, self.budget.model.dense())
+        return Budget(self.budget.model, hi, hi - max(base - width, self.budget.model.minimum()))
 
     def _evaluate(self, genomes: list[Genome]) -> list[_Individual]:
         scores = self.fitness.evaluate(genomes, self.config.stage)
@@ -205,40 +222,32 @@ class NSGA2Engine(Engine):
                       key=lambda p: p["cost"])
 
     def _join(self) -> list[Genome]:
-        """Global impairment ranking over the per-block fronts (see the module docstring): the
-        joined genome in the band, then the ranking's genomes below the limit."""
-        g = list(self.base)
-        pos = [len(f) - 1 for f in self.fronts]  # each block at its most expensive point
+        """The blocks' fronts joined (see the module docstring): the joined genome in the band,
+        then joins under lower limits (2%, 4%, ... of the dense cost below), for the front."""
+        base_score = self.fitness.evaluate([self.base], self.config.stage)[0]
+        table = self.budget.model.table
+        outside = [sum(table[i][self.base[i]] for i in range(len(self.base)) if i not in set(units))
+                   for units in self.blocks]
+        values = [[p["fitness"] - base_score for p in f] for f in self.fronts]
+        costs = [[p["cost"] - outside[b] for p in f] for b, f in enumerate(self.fronts)]
 
-        def apply(b: int) -> None:
-            point = self.fronts[b][pos[b]]["genome"]
-            for i in self.blocks[b]:
-                g[i] = point[i]
+        def joined(low: float, high: float) -> Genome | None:
+            picks = choose(values, costs, low, high)
+            if picks is None:
+                return None
+            g = list(self.base)
+            for b, k in enumerate(picks):
+                for i in self.blocks[b]:
+                    g[i] = self.fronts[b][k]["genome"][i]
+            return tuple(g)
 
-        def move() -> bool:
-            best, rate = None, None
-            for b, f in enumerate(self.fronts):
-                if pos[b] == 0:
-                    continue
-                cur, nxt = f[pos[b]], f[pos[b] - 1]
-                r = (nxt["fitness"] - cur["fitness"]) / max(cur["cost"] - nxt["cost"], 1e-12)
-                if rate is None or r < rate:
-                    best, rate = b, r
-            if best is None:
-                return False
-            pos[best] -= 1
-            apply(best)
-            return True
-
-        for b in range(len(self.fronts)):
-            apply(b)
-        while self.budget.cost(tuple(g)) > self.budget.limit + 1e-9 and move():
-            pass
-        path = [self.budget.repair(g, self.rng)]
-        for _ in range(self.below):
-            if not move():
-                break
-            path.append(tuple(g))
+        limit, tol, dense = self.budget.limit, self.budget.tolerance, self.budget.model.dense()
+        first = joined(limit - tol, limit) or joined(-float("inf"), limit) or self.base
+        path = [self.budget.repair(first, self.rng)]
+        for k in range(1, self.below + 1):
+            g = joined(-float("inf"), limit - 0.02 * k * dense)
+            if g is not None and g not in path:
+                path.append(g)
         return path
 
     def finish(self) -> None:

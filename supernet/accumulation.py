@@ -51,7 +51,7 @@ def advance(
         terms[id(module)] = (module, total + w)
     f32 = torch.float32
     for b in range(len(hidden)):
-        acc = hidden[b].to(f32)
+        acc = hidden[b].to(f32, copy=True)  # the runs below still read hidden[b]
         for module, w in terms.values():
             acc += w * run(module, b).to(f32)
         hidden[b] = acc.to(hidden[b].dtype)

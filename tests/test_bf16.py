@@ -9,6 +9,24 @@ from sparsearch.supernet.variants import Variant, expectation_weights
 BF16 = torch.bfloat16
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, BF16])
+def test_error_accumulation_is_the_weighted_expectation_of_outputs_on_the_unchanged_input(dtype):
+    """Every variant runs on the block's input (the stream is replaced only after all have run):
+    with outputs that depend on the input, the result is input + sum_v w_v * f_v(input)."""
+    g = torch.Generator().manual_seed(0)
+    hidden = [torch.randn(2, 4, 8, generator=g).to(dtype) for _ in range(3)]
+    inputs = [h.clone() for h in hidden]
+    variants = [Variant(0.0, 4, {})] + [Variant(s / 4, 4 - s, {}, {"i": torch.tensor(s)}) for s in (1, 2, 3)] \
+        + [Variant(1.0, 0, {})]
+    scale = {"dense": 1.0, 1: 0.75, 2: 0.5, 3: 0.25}
+    advance(hidden, variants, "dense", lambda v: int(v.tensors["i"]), lambda m, b: hidden[b] * scale[m],
+            accumulate=True)
+    w = expectation_weights(variants)
+    for h, x in zip(hidden, inputs):
+        expected = x.float() * (1 + w[0] + w[1] * 0.75 + w[2] * 0.5 + w[3] * 0.25)
+        torch.testing.assert_close(h.float(), expected, rtol=1e-2 if dtype == BF16 else 1e-6, atol=1e-6)
+
+
 def test_error_accumulation_rounds_to_bf16_once():
     """The (1 - s)-weighted expectation of nine variants' outputs added to a bf16 residual stream
     equals the float32 sum of the same bf16 values up to one bf16 rounding."""
