@@ -29,7 +29,9 @@ def damp(H: Tensor, damping: float) -> Tensor:
     if damping <= 0:
         return H
     lam = damping * torch.diagonal(H).mean().clamp_min(torch.finfo(H.dtype).tiny)
-    return H + lam * torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    out = H.clone()
+    out.diagonal().add_(lam)
+    return out
 
 
 def block_error(W: Tensor, Hinv: Tensor, blocks: Tensor) -> Tensor:
@@ -94,7 +96,8 @@ def refit(W: Tensor, H: Tensor, kept: Tensor, *, damping: float = 0.01) -> Tenso
     themselves: ``W_K + W_D H[D, K] (H[K, K] + lambda I)^-1`` with ``lambda`` relative to the mean
     of ``diag(H)`` as in the OBS removal order. With every column kept it is ``W``; with
     ``damping=0`` and the dropped columns' inputs being linear combinations of the kept ones, the
-    layer's output on the calibration inputs is reproduced exactly.
+    layer's output on the calibration inputs is reproduced exactly. (A caller refitting many
+    subsets of one layer can pass ``damp(H.double(), damping)`` and ``damping=0``.)
     """
     n = W.shape[1]
     if kept.numel() == 0:

@@ -120,6 +120,7 @@ def attention_variants(
 
     dense = attention_params(nq, num_kv_heads, hidden, hd, bias)
     states = attention_states(order, num_kv_heads, hidden, hd, bias, balanced=cfg.balanced_heads)
+    H64 = pruning.damp(H.detach().to(torch.float64), cfg.damping)  # damped once for every level's refit
     variants = []
     for s in ladder.sparsities:
         kept_heads = level_heads(states, s, dense)
@@ -132,7 +133,7 @@ def attention_variants(
             continue
         tensors = {"kept_heads": heads.to(INDEX_DTYPE), "kept_kv_heads": groups.to(INDEX_DTYPE)}
         if cfg.refit:
-            tensors["o_proj.weight"] = pruning.refit(W, H, blocks[heads].flatten(), damping=cfg.damping)
+            tensors["o_proj.weight"] = pruning.refit(W, H64, blocks[heads].flatten(), damping=0.0)
         variants.append(Variant(s, params, kept, tensors))
     return variants
 
@@ -159,6 +160,7 @@ def mlp_variants(mlp: nn.Module, H: Tensor, ladder: Ladder, cfg: SupernetConfig)
     else:
         order = pruning.magnitude_removal_order(W, H, blocks)
     order_t = torch.tensor(order, dtype=torch.long, device=W.device)
+    H64 = pruning.damp(H.detach().to(torch.float64), cfg.damping)  # damped once for every level's refit
 
     variants = []
     for s in ladder.sparsities:
@@ -170,7 +172,7 @@ def mlp_variants(mlp: nn.Module, H: Tensor, ladder: Ladder, cfg: SupernetConfig)
         rows = torch.sort(order_t[inter - k :]).values
         tensors = {"kept_channels": rows.to(INDEX_DTYPE)}
         if cfg.refit:
-            tensors["down_proj.weight"] = pruning.refit(W, H, rows, damping=cfg.damping)
+            tensors["down_proj.weight"] = pruning.refit(W, H64, rows, damping=0.0)
         variants.append(Variant(s, params, {"channels": k}, tensors))
     return variants
 
