@@ -6,6 +6,8 @@ fitness tokens come from here; held-out perplexity text must be another source.
 
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sparsearch.search.config import require, require_choice, setting
-from sparsearch.search.errors import SparsearchError
+from sparsearch.search.errors import SparsearchError, SparsearchWarning
 
 SOURCES = ("self", "text", "dataset")
 _LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -105,11 +107,29 @@ def tokenize_text(text: str, tokenizer) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
+NOT_TEXT = 0.01  # a file with more than this fraction of non-text bytes is refused
+
+
 def read_text(path: str | Path) -> str:
+    """A UTF-8 text file. One that is not mostly text (binary data, another encoding) is refused;
+    a few undecodable bytes are replaced, with a warning."""
     p = Path(path)
     if not p.is_file():
         raise SparsearchError(f"text file not found: {p}")
-    return p.read_text(encoding="utf-8", errors="replace")
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise SparsearchError(f"cannot read {p}: {e.strerror}") from None
+    text = data.decode("utf-8", errors="surrogateescape")
+    bad = sum(1 for ch in text if "\udc80" <= ch <= "\udcff")
+    control = sum(1 for ch in text if ch < " " and ch not in "\t\n\r\f\v")
+    if data and (bad + control) > NOT_TEXT * len(data):
+        raise SparsearchError(f"{p} is not text: {100 * (bad + control) / len(data):.0f}% of its bytes are not "
+                              "UTF-8 text (give a UTF-8 text file)")
+    if bad:
+        warnings.warn(SparsearchWarning(f"{p}: {bad} bytes are not UTF-8 and were replaced"), stacklevel=2)
+        text = data.decode("utf-8", errors="replace")
+    return text
 
 
 def dataset_text(spec: str) -> str:

@@ -35,6 +35,7 @@ class EvaluatorSpec:
     batch_size: int = 4
     seed: int = 0
     threads: int = 0  # torch threads in the evaluator (0 = torch's default)
+    trust_remote_code: bool = False  # run code shipped with the model (the user said so)
     train: dict[str, Any] = field(default_factory=dict)
 
 
@@ -54,7 +55,7 @@ def build_evaluator(spec: EvaluatorSpec):
         device = torch.device(spec.device)
     else:  # the machine's accelerator (CUDA, ...) if it has one, else where the model loads
         device = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
-    model, _ = load_model(spec.model, dtype=spec.dtype, device=device)
+    model, _ = load_model(spec.model, dtype=spec.dtype, device=device, trust_remote_code=spec.trust_remote_code)
     tokens = load_file(spec.tokens)["tokens"]
     schedule = TokenSchedule.of(spec.schedule)
     return Evaluator(model, SupernetStore.open(spec.supernet), tokens, schedule, topk=spec.topk,

@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -21,7 +22,7 @@ from sparsearch.launch.cluster import ClusterConfig
 from sparsearch.launch.config import SearchConfig
 from sparsearch.launch.heldout import HeldoutConfig
 from sparsearch.launch.options import Options, Resolved, read_preset
-from sparsearch.search.errors import SparsearchError
+from sparsearch.search.errors import SparsearchError, SparsearchWarning
 from sparsearch.search.registry import ENGINES
 from sparsearch.supernet.config import SupernetConfig
 
@@ -42,6 +43,8 @@ def _model_options(o: Options, *, required: bool = False) -> None:
           help=f"alias ({DEFAULT_MODEL}), model folder, .gguf file or hub id")
     o.add("--dtype", default="auto", choices=DTYPES, help="weights dtype (auto: as stored)")
     o.add("--device", default="auto", help="torch device (auto: the machine's accelerator if any, else cpu)")
+    o.add("--trust-remote-code", action="store_true", default=False,
+          help="run Python code shipped in the model folder or hub repo (auto_map); never implied")
 
 
 def _calibration_options(o: Options) -> None:
@@ -102,7 +105,23 @@ def parse_args(argv: Sequence[str] | None) -> tuple[str, Resolved]:
     for dest, opt in opts.known.items():
         if opt.required and resolved.values[dest] is None:
             raise SparsearchError(f"the following arguments are required: {opt.flag}")
+    _absolute_paths(resolved)
     return ns.command, resolved
+
+
+PATH_OPTIONS = ("supernet", "run_dir", "out", "calib_text", "eval_text", "data")
+
+
+def _absolute_paths(o: Resolved) -> None:
+    """Paths become absolute once, here: summaries and manifests name files that another working
+    directory (``export``, ``report``, a Ray actor) can open. A model spec is a path only if it
+    exists (else an alias or a hub id)."""
+    for dest in PATH_OPTIONS:
+        if o.values.get(dest):
+            o.values[dest] = str(Path(o.values[dest]).expanduser().absolute())
+    model = o.values.get("model")
+    if model and Path(model).expanduser().exists():
+        o.values["model"] = str(Path(model).expanduser().absolute())
 
 
 # -- typed configs from options ---------------------------------------------------------------
@@ -135,7 +154,19 @@ def _device(name: str):
 
     if name == "auto":
         return torch.accelerator.current_accelerator() if torch.accelerator.is_available() else torch.device("cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SparsearchError(f"--device {name!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cpu":
+        return device
+    here = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+    if here is None or here.type != device.type:
+        raise SparsearchError(f"--device {name}: this machine has no {device.type} device"
+                              + (f" (it has {here.type})" if here is not None else " (only the cpu)"))
+    if device.index is not None and device.index >= torch.accelerator.device_count():
+        raise SparsearchError(f"--device {name}: this machine has {torch.accelerator.device_count()} {device.type} devices")
+    return device
 
 
 def _load(o: Resolved, model: str | None = None):
@@ -146,7 +177,7 @@ def _load(o: Resolved, model: str | None = None):
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
-    return load_model(model or o.model, dtype=o.dtype, device=_device(o.device))
+    return load_model(model or o.model, dtype=o.dtype, device=_device(o.device), trust_remote_code=o.trust_remote_code)
 
 
 def _check_files(*paths: str | None) -> None:
@@ -175,11 +206,13 @@ def _supernet_command_options(o: Options) -> None:
 
 @command("supernet", "build (or resume) a supernet of per-unit pruning variants", _supernet_command_options)
 def cmd_supernet(o: Resolved) -> int:
-    from sparsearch.launch.pipeline import ensure_supernet
+    from sparsearch.launch.pipeline import ensure_supernet, require_fits
 
     cfg, calib = o.config(SupernetConfig), calibration_config(o)  # validated before loading anything
     _check_files(calib.location if calib.source == "text" else None)
+    _device(o.device)
     model, tokenizer = _load(o)
+    require_fits(model, seqlens={"calib_seqlen": calib.seqlen}, supernet=cfg)
     store = ensure_supernet(model, tokenizer, Path(o.out), cfg, calib, model_name=o.model, progress=not o.quiet,
                             log=_log(o))
     print(_describe(store))
@@ -202,15 +235,22 @@ def cmd_eval(o: Resolved) -> int:
     from sparsearch.fitness.data import read_text
     from sparsearch.launch.heldout import text_windows
     from sparsearch.fitness.metrics import perplexity
+    from sparsearch.launch.pipeline import require_fits
     from sparsearch.supernet.store import SupernetStore
 
     if (o.supernet is None) != (o.target_sparsity is None):
         raise SparsearchError("--supernet and --target-sparsity go together")
+    if o.seqlen < 2:
+        raise SparsearchError(f"--seqlen must be >= 2 (a window scores its next tokens), got {o.seqlen}")
+    if o.max_tokens is not None and o.max_tokens < o.seqlen:
+        raise SparsearchError(f"--max-tokens must be at least --seqlen ({o.seqlen}), got {o.max_tokens}")
     batch_size = o.config(FitnessConfig).batch_size
     read_text(o.data)
+    _device(o.device)
     if o.supernet:
-        SupernetStore.open(o.supernet)  # refuse a missing or unfinished supernet before loading
+        SupernetStore.open(o.supernet).check_files()  # refuse a missing, unfinished or damaged supernet first
     model, tokenizer = _load(o)
+    require_fits(model, seqlens={"--seqlen": o.seqlen})
     result: dict[str, Any] = {"model": o.model, "data": o.data, "seqlen": o.seqlen}
     if o.supernet:
         from sparsearch.supernet.stitch import Stitcher
@@ -237,7 +277,7 @@ def _search_and_report(o: Resolved, model, tokenizer, store, started: float, *, 
     outcome = pipeline.search(
         model, tokenizer, store, cfg, fitness=fitness, calib=calibration_config(o),
         supernet_cfg=SupernetConfig.from_dict(store.manifest["config"]), run_dir=run_dir, resume=o.resume,
-        model_spec=o.model, cluster=cluster, log=_log(o), progress=not o.quiet,
+        model_spec=o.model, cluster=cluster, log=_log(o), progress=not o.quiet, trust_remote_code=o.trust_remote_code,
     )
     extra: dict[str, Any] = {"workers": cluster.actors(_accelerators()), "nodes": outcome.nodes}
     if windows is not None:
@@ -261,6 +301,12 @@ def _search_and_report(o: Resolved, model, tokenizer, store, started: float, *, 
     return 0
 
 
+def _seqlens(o: Resolved) -> dict[str, int]:
+    """The sequence lengths a search will run (held-out windows only with --eval-text)."""
+    heldout = o.config(HeldoutConfig)
+    return {"calib_seqlen": calibration_config(o).seqlen} | ({"eval_seqlen": heldout.seqlen} if heldout.text else {})
+
+
 def _accelerators() -> int:
     import torch
 
@@ -278,6 +324,7 @@ def _search_command_options(o: Options) -> None:
 
 @command("search", "search the per-unit levels of a supernet under a budget", _search_command_options)
 def cmd_search(o: Resolved) -> int:
+    from sparsearch.launch.pipeline import require_fits
     from sparsearch.supernet.fingerprint import model_fingerprint
     from sparsearch.supernet.store import SupernetStore
 
@@ -285,9 +332,12 @@ def cmd_search(o: Resolved) -> int:
     search_config(o, lambda _: None), calibration_config(o)  # validated before loading anything
     o.config(FitnessConfig), o.config(HeldoutConfig), o.config(ClusterConfig)
     _check_files(o.eval_text)
+    _device(o.device)
     store = SupernetStore.open(o.supernet)
+    store.check_files()
     model, tokenizer = _load(o)
     store.check_model(model_fingerprint(model))
+    require_fits(model, seqlens=_seqlens(o))
     return _search_and_report(o, model, tokenizer, store, started, export=False)
 
 
@@ -304,17 +354,20 @@ def _run_command_options(o: Options) -> None:
 
 @command("run", "build or reuse the supernet, search, and write the run directory", _run_command_options)
 def cmd_run(o: Resolved) -> int:
-    from sparsearch.launch.pipeline import ensure_supernet
+    from sparsearch.launch.pipeline import ensure_supernet, require_fits
 
     started = time.perf_counter()
     search_config(o, lambda _: None), o.config(SupernetConfig), calibration_config(o)
     o.config(FitnessConfig), o.config(HeldoutConfig), o.config(ClusterConfig)
     calib = calibration_config(o)
     _check_files(calib.location if calib.source == "text" else None, o.eval_text)
+    _device(o.device)
     model, tokenizer = _load(o)
+    require_fits(model, seqlens=_seqlens(o), supernet=o.config(SupernetConfig))
     out = Path(o.supernet) if o.supernet else Path(o.run_dir) / "supernet"
     store = ensure_supernet(model, tokenizer, out, o.config(SupernetConfig), calib, model_name=o.model,
                             progress=not o.quiet, log=_log(o))
+    store.check_files()
     _log(o)(_describe(store))
     return _search_and_report(o, model, tokenizer, store, started, export=not o.no_export)
 
@@ -336,7 +389,7 @@ def cmd_plan(o: Resolved) -> int:
 
     search, supernet = search_config(o, _log(o)), o.config(SupernetConfig)
     calib, fitness = o.config(CalibrationConfig), o.config(FitnessConfig)
-    shape = ModelShape.from_config(load_config(o.model), o.dtype)
+    shape = ModelShape.from_config(load_config(o.model, trust_remote_code=o.trust_remote_code), o.dtype)
     result = plan(shape, supernet, samples=calib.samples, seqlen=calib.seqlen, target=search.target_sparsity,
                   schedule=fitness.token_schedule, engine=search.engine, engine_config=search.engine_config,
                   starts=len(start_names(search)), device=_device(o.device).type)
@@ -351,6 +404,8 @@ def _export_options(o: Options) -> None:
     o.add("--genome", default="best", help="best | pareto:I (the I-th point of the run's Pareto front)")
     o.add("--dtype", default="auto", choices=DTYPES, help="weights dtype of the export (auto: the model's)")
     o.add("--device", default="auto", help="torch device")
+    o.add("--trust-remote-code", action="store_true", default=False,
+          help="run Python code shipped with the run's model (auto_map); never implied")
     o.add("--quiet", action="store_true", default=False, help="no progress bars")
 
 
@@ -377,6 +432,8 @@ def cmd_export(o: Resolved) -> int:
     if out.exists() and any(out.iterdir()):
         raise SparsearchError(f"export folder {out} exists and is not empty")
     store = SupernetStore.open(summary["supernet"])
+    store.check_files()
+    _device(o.device)
     model, tokenizer = _load(o, model=summary["model"])
     stitcher = Stitcher(model, store)
     stitcher.apply(tuple(genome))
@@ -399,7 +456,16 @@ def cmd_report(o: Resolved) -> int:
     return 0
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
+    """The project's warnings are one ``sparsearch: warning:`` line; others print as Python's."""
+    if issubclass(category, SparsearchWarning):
+        print(f"sparsearch: warning: {message}", file=sys.stderr, flush=True)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    warnings.showwarning = _show_warning
     try:
         name, options = parse_args(argv)
         return COMMANDS[name][2](options)

@@ -39,9 +39,10 @@ class FitnessFactory:
     loads ``model_spec`` and the supernet itself and reads the fitness tokens from ``tokens_path``."""
 
     def __init__(self, model, *, model_spec: str, tokens: torch.Tensor, tokens_path: Path, fitness: FitnessConfig,
-                 cluster: ClusterConfig, seed: int):
+                 cluster: ClusterConfig, seed: int, trust_remote_code: bool = False):
         self.model = model
         self.model_spec = model_spec
+        self.trust_remote_code = trust_remote_code
         self.tokens = tokens
         self.tokens_path = tokens_path
         self.fitness = fitness
@@ -68,7 +69,9 @@ class FitnessFactory:
         from sparsearch.fitness.pool import EvaluatorSpec, RayPool
 
         connect(self.cluster.address, num_cpus=self.workers)
+        dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")  # the actors load what we run
         spec = EvaluatorSpec(model=self.model_spec, supernet=str(store.path), tokens=str(self.tokens_path),
+                             dtype=dtype, trust_remote_code=self.trust_remote_code,
                              schedule=tuple((s.survivors, s.tokens, s.train_tokens) for s in schedule.stages),
                              topk=self.fitness.topk, batch_size=self.fitness.batch_size, seed=self.seed, threads=1)
         # Ray's GPU resource counts CUDA devices; other accelerators run their actors on CPU slots

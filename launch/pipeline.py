@@ -30,7 +30,8 @@ from sparsearch.search.registry import BEST_START, BEST_STARTS, ENGINES, ONE_SHO
 from sparsearch.search.space import Genome, Ladder, SearchSpace
 from sparsearch.supernet.build import build_supernet
 from sparsearch.supernet.config import SupernetConfig
-from sparsearch.supernet.fingerprint import tokens_fingerprint
+from sparsearch.supernet.adapters import DecoderAdapter
+from sparsearch.supernet.fingerprint import model_fingerprint, tokens_fingerprint
 from sparsearch.supernet.stitch import Stitcher
 from sparsearch.supernet.store import SupernetStore
 
@@ -57,13 +58,30 @@ class SearchOutcome:
     stitcher: Stitcher
 
 
+def require_fits(model, *, seqlens: dict[str, int], supernet: SupernetConfig | None = None) -> None:
+    """Refuse settings this model cannot take: sequences longer than its positions (``seqlens``
+    maps a setting's name to its value), an MLP alignment wider than its MLP."""
+    positions = getattr(model.config, "max_position_embeddings", None)
+    for name, seqlen in seqlens.items():
+        if positions and seqlen > positions:
+            raise SparsearchError(f"{name} {seqlen} is beyond the model's {positions} positions")
+    if supernet is not None:
+        width = DecoderAdapter(model).shape.intermediate
+        if supernet.mlp_alignment > width:
+            raise SparsearchError(f"mlp_alignment {supernet.mlp_alignment} is larger than the model's MLP "
+                                  f"({width} channels)")
+
+
 def ensure_supernet(
     model, tokenizer, out: Path, cfg: SupernetConfig, calib: CalibrationConfig, *, model_name: str,
     progress: bool, log: Log,
 ) -> SupernetStore:
     """Open the finished supernet at ``out``, or build (resume) it there."""
     if SupernetStore.is_complete(out):
-        return SupernetStore.open(out)
+        store = SupernetStore.open(out)
+        store.require_settings(model_fingerprint(model), cfg.identity(),
+                               {"samples": calib.samples, "seqlen": calib.seqlen, **calib.describe()})
+        return store
     partial = SupernetStore.partial(out)
     tokens = partial.calibration() if partial is not None else None
     if tokens is not None and tokens.shape == (calib.samples, calib.seqlen):
@@ -183,19 +201,21 @@ def run_settings(cfg: SearchConfig, fitness: FitnessConfig, store: SupernetStore
 def search(
     model, tokenizer, store: SupernetStore, cfg: SearchConfig, *, fitness: FitnessConfig, calib: CalibrationConfig,
     supernet_cfg: SupernetConfig, run_dir: Path, resume: bool, log: Log, progress: bool,
-    model_spec: str | None = None, cluster: ClusterConfig = ClusterConfig(),
+    model_spec: str | None = None, cluster: ClusterConfig = ClusterConfig(), trust_remote_code: bool = False,
 ) -> SearchOutcome:
     """Search the budget allocation of ``store`` for ``model`` (dense on entry; stitched to the
     best genome on return). Fitness runs in process, or on Ray actors (``cluster``), each of
     which loads ``model_spec`` itself."""
     schedule = fitness.token_schedule
-    tokens = fitness_tokens(calib, fitness, model, tokenizer, run_dir)
-    factory = FitnessFactory(model, model_spec=model_spec or store.manifest["model"]["name"], tokens=tokens,
-                             tokens_path=run_dir / FITNESS_TOKENS, fitness=fitness, cluster=cluster, seed=cfg.seed)
     space = store.space()
     shape = store.manifest["model"]["shape"]
     budget_of = lambda sp: make_budget(sp, cfg, shape["head_dim"], calib.seqlen)  # noqa: E731
     budget = budget_of(space)
+    budget.require_feasible()  # before anything is written or scored
+    tokens = fitness_tokens(calib, fitness, model, tokenizer, run_dir)
+    factory = FitnessFactory(model, model_spec=model_spec or store.manifest["model"]["name"], tokens=tokens,
+                             tokens_path=run_dir / FITNESS_TOKENS, fitness=fitness, cluster=cluster, seed=cfg.seed,
+                             trust_remote_code=trust_remote_code)
 
     names = start_names(cfg)
     baseline_tokens = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +38,8 @@ def build_summary(outcome: "SearchOutcome", *, model: str, engine: str, target_s
         "evaluations": result.evaluations,
         "per_layer": space.per_layer(g),
         "pareto": result.pareto,
-        "supernet": str(outcome.store.path),
+        "supernet": str(Path(outcome.store.path).absolute()),
+        "host": socket.gethostname(),  # the machine whose paths "model" and "supernet" are
         "wall_time_s": round(wall_time_s, 2),
         **(extra or {}),
     }

@@ -13,6 +13,7 @@ when ``limit - tolerance <= cost <= limit`` (spending the budget, not wasting it
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -94,6 +95,30 @@ class Budget:
 
     def cost(self, genome: Genome) -> float:
         return self.model.cost(genome)
+
+    def require_feasible(self) -> None:
+        """Refuse a band that no genome of the space reaches (coarse ladders, a tiny target),
+        naming the nearest sparsity targets that are feasible at this tolerance."""
+        from sparsearch.search.mckp import choose
+
+        table = [list(t) for t in self.model.table]
+        low = self.limit - self.tolerance
+        inside = choose([[0.0] * len(t) for t in table], table, low, self.limit)
+        if inside is not None and self.feasible(tuple(inside)):
+            return
+        dense = self.model.dense()
+        below = choose([[-c for c in t] for t in table], table, self.model.minimum(), low)  # most cost under the band
+        above = choose(table, table, self.limit, dense)  # least cost over it
+        near = []
+        if above is not None:  # a target this low leaves that genome's cost at its limit
+            near.append(math.floor((1 - self.cost(tuple(above)) / dense) * 1e4) / 1e4)
+        if below is not None:  # a target this high puts that genome's cost inside its band
+            near.append(math.ceil((1 - self.cost(tuple(below)) / dense - self.tolerance / dense) * 1e4) / 1e4)
+        raise SparsearchError(
+            f"infeasible budget: no genome has a {self.model.kind} cost within "
+            f"[{low / dense:.4f}, {self.limit / dense:.4f}] of dense (the target's band); the nearest feasible "
+            f"targets are {' and '.join(f'{t:g}' for t in sorted(near))} (or widen --tolerance, or use finer ladders)"
+        )
 
     def feasible(self, genome: Genome) -> bool:
         c = self.cost(genome)

@@ -9,3 +9,8 @@ class SparsearchError(Exception):
 
 class ConfigError(SparsearchError, ValueError):
     """A configuration value that fails validation; the message names the setting and the value."""
+
+
+class SparsearchWarning(UserWarning):
+    """Something the user should know that does not stop the run (the command line prints it as
+    one ``sparsearch: warning:`` line)."""

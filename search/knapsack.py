@@ -23,12 +23,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from sparsearch.search.budget import Budget
 from sparsearch.search.cache import CachedFitness
 from sparsearch.search.config import require, setting
 from sparsearch.search.errors import SparsearchError
+from sparsearch.search.mckp import choose
 from sparsearch.search.oneshot import OneShotEngine
 from sparsearch.search.space import Genome, SearchSpace
 
@@ -57,33 +56,6 @@ def damages(space: SearchSpace, scores: list[float]) -> list[list[float]]:
     :func:`probes` order)."""
     dense, rest = scores[0], iter(scores[1:])
     return [[0.0] + [next(rest) - dense for _ in range(len(levels) - 1)] for levels in space.levels]
-
-
-def choose(values: list[list[float]], costs: list[list[float]], low: float, high: float) -> list[int] | None:
-    """The multiple-choice knapsack: one option per group, the sum of ``values`` minimal, the sum
-    of ``costs`` within ``[low, high]`` (exact, ``scipy.optimize.milp``); ``None`` if infeasible."""
-    from scipy.optimize import Bounds, LinearConstraint, milp
-
-    sizes = [len(v) for v in values]
-    n = sum(sizes)
-    objective = np.concatenate([np.asarray(v, dtype=float) for v in values])
-    cost = np.concatenate([np.asarray(c, dtype=float) for c in costs])
-    one_each = np.zeros((len(sizes), n))
-    start = 0
-    for g, size in enumerate(sizes):
-        one_each[g, start : start + size] = 1.0
-        start += size
-    scale = max(float(np.abs(cost).max()), 1.0)  # costs of order 1 for the solver's tolerances
-    res = milp(objective, integrality=np.ones(n), bounds=Bounds(0, 1),
-               constraints=[LinearConstraint(one_each, 1, 1), LinearConstraint(cost / scale, low / scale, high / scale)],
-               options={"mip_rel_gap": 0.0})
-    if res.x is None:
-        return None
-    x, picks, start = res.x.round(), [], 0
-    for size in sizes:
-        picks.append(int(np.argmax(x[start : start + size])))
-        start += size
-    return picks
 
 
 def solve(space: SearchSpace, budget: Budget, damage: list[list[float]]) -> Genome:

@@ -15,7 +15,7 @@ genome) within a cost window around the block's start cost (``window``), giving 
 Pareto front where the join will need it. The fronts are
 joined as EMO-PMS's global impairment ranking does, but exactly: one front point per block, the
 sum of the points' fitness increases over the start minimal and the total cost in the budget
-band (the multiple-choice knapsack of :func:`~sparsearch.search.knapsack.choose`). The joined
+band (the multiple-choice knapsack of :func:`~sparsearch.search.mckp.choose`). The joined
 genome is the result; joins under lower limits give whole genomes at lower costs.
 
 At the end the candidates (global: the final population's first front and the best feasible
@@ -36,7 +36,7 @@ from deap import base, tools
 from sparsearch.search.budget import Budget
 from sparsearch.search.config import require, setting
 from sparsearch.search.engine import Engine
-from sparsearch.search.knapsack import choose
+from sparsearch.search.mckp import choose
 from sparsearch.search.space import Genome
 
 

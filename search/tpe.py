@@ -37,10 +37,11 @@ from typing import Any
 import optuna
 from optuna.distributions import IntDistribution
 from optuna.trial import TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
 from sparsearch.search.config import require, require_choice, setting
 from sparsearch.search.engine import Engine
-from sparsearch.search.errors import SparsearchError
+from sparsearch.search.errors import ConfigError, SparsearchError
 from sparsearch.search.space import Genome
 
 BUDGET_MODES = ("repair", "constraint")
@@ -65,6 +66,20 @@ class TPEConfig:
         require(self.startup_trials >= 0, "startup_trials", self.startup_trials, ">= 0")
         require(self.stage >= 0, "stage", self.stage, ">= 0")
         require(self.finalists >= 0, "finalists", self.finalists, ">= 0")
+        if self.storage:
+            _check_storage_url(self.storage)
+
+
+def _check_storage_url(url: str) -> None:
+    """An Optuna RDB storage URL whose database dialect is installed (connecting is left to the run)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(url).get_dialect()
+    except (ArgumentError, ImportError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"storage: {url!r} is not a usable Optuna storage URL ({first})") from None
 
 
 def _heal_journal(path: Path) -> None:
@@ -103,6 +118,9 @@ class TPEEngine(Engine):
             raise SparsearchError(
                 f"study {self.config.study_name!r} already exists in {self.config.storage}; use --resume or another name"
             ) from None
+        except (ImportError, SQLAlchemyError) as e:  # the database of --storage cannot be opened
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SparsearchError(f"cannot open the Optuna storage {self.config.storage}: {first}") from None
 
     @property
     def _distributions(self) -> dict[str, IntDistribution]:

@@ -42,7 +42,7 @@ class SupernetConfig:
     damping: float = setting(0.01, "relative Hessian damping (fraction of the mean diagonal)")
     error_accumulation: bool = setting(True, "prune layer l+1 on the expectation of layer l's variants (Týr)")
     store_dtype: str = setting("bfloat16", "dtype of the stored variant tensors", choices=STORE_DTYPES)
-    batch_size: int = setting(8, "calibration sequences per forward pass")
+    batch_size: int = setting(4, "calibration sequences per forward pass")
     mlp_chunk: int = setting(0, "MLP channels removed per greedy OBS step (0 = about 256 steps per unit)")
     servable: bool = setting(False, "only shapes vLLM's DeciLM (nemotron-nas) serves: attention kept or removed, "
                              "balanced heads, MLP widths on 256")

@@ -113,8 +113,11 @@ def export(model: nn.Module, tokenizer, out: str | Path, *, card: str | None = N
     if cfg.tie_word_embeddings:
         exported.tie_weights()
     exported.model.rotary_emb = modeling_sparsearch.LlamaRotaryEmbedding(cfg)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    except OSError as e:
+        raise SparsearchError(f"cannot write the export {out}: {e.strerror or e}") from None
     try:
         exported.save_pretrained(tmp)
         cfg_json = json.loads((tmp / "config.json").read_text())
@@ -135,6 +138,9 @@ def export(model: nn.Module, tokenizer, out: str | Path, *, card: str | None = N
         if out.exists():
             out.rmdir()
         tmp.rename(out)
+    except OSError as e:  # a full disk, a read-only folder: nothing half-written stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SparsearchError(f"cannot write the export {out}: {e.strerror or e}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

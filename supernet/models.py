@@ -75,7 +75,50 @@ def smollm2_folder() -> Path:
 ALIASES = {DEFAULT_MODEL: smollm2_folder}
 
 
-def load_config(spec: str):
+def _folder_config(path: Path) -> dict:
+    """A model folder's ``config.json`` (a model folder has one, and weights)."""
+    f = path / "config.json"
+    if not f.is_file():
+        raise SparsearchError(f"{path} is a folder without config.json, not a model")
+    try:
+        cfg = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SparsearchError(f"{f} is not valid JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        raise SparsearchError(f"{f} is not a JSON object")
+    return cfg
+
+
+def _is_export(cfg: dict) -> bool:
+    """A folder written by sparsearch's export: loaded with the installed modeling code."""
+    return cfg.get("model_type") in ("sparsearch", "nemotron-nas") and isinstance(cfg.get("layer_configs"), list)
+
+
+def _check_remote_code(path: Path, cfg: dict, trust_remote_code: bool) -> None:
+    """Refuse a folder that needs its own Python code unless the user allowed it: the folder's
+    author controls config.json, so nothing in it may turn code execution on."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if trust_remote_code or _is_export(cfg) or cfg.get("model_type") in CONFIG_MAPPING:
+        return
+    code = sorted({v if isinstance(v, str) else str(v) for v in (cfg.get("auto_map") or {}).values()})
+    what = f"its own code ({', '.join(code)})" if code else f"an architecture transformers does not know ({cfg.get('model_type')!r})"
+    raise SparsearchError(f"model folder {path} needs {what}; sparsearch runs code from a model folder only "
+                          "with --trust-remote-code")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _missing(spec: str) -> SparsearchError:
+    return SparsearchError(
+        f"unknown model {spec!r}: not an alias ({', '.join(ALIASES)}), a model folder, a .gguf file or a hub id"
+    )
+
+
+def load_config(spec: str, *, trust_remote_code: bool = False):
     """The model's config alone (no weights): from an alias, a folder with config.json, a .gguf
     file or a hub id."""
     from transformers import AutoConfig
@@ -86,23 +129,47 @@ def load_config(spec: str):
     if path.is_file() and path.suffix == ".gguf":
         return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise SparsearchError(f"{path} is a folder without config.json, not a model")
-        return AutoConfig.from_pretrained(path)
-    if _HUB_ID.match(spec) and not spec.startswith((".", "/", "~")):
+        cfg = _folder_config(path)
+        if _is_export(cfg):
+            from sparsearch.supernet.modeling_sparsearch import SparsearchConfig
+
+            return SparsearchConfig.from_dict(cfg)
+        _check_remote_code(path, cfg, trust_remote_code)
         try:
-            return AutoConfig.from_pretrained(spec)
-        except OSError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise SparsearchError(f"could not load the config of {spec!r} from the hub: {first}") from None
-    raise SparsearchError(
-        f"unknown model {spec!r}: not an alias ({', '.join(ALIASES)}), a model folder, a .gguf file or a hub id"
-    )
+            return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except Exception as e:  # the folder's own code, if allowed, may raise anything
+            raise SparsearchError(f"could not load the config of {path}: {_first_line(e)}") from None
+    if _looks_remote(spec):
+        try:
+            return AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as e:
+            raise _hub_error(spec, e) from None
+    raise _missing(spec)
 
 
-def load_model(spec: str, *, dtype: str = "auto", device: str | torch.device | None = None):
+def _looks_remote(spec: str) -> bool:
+    return bool(_HUB_ID.match(spec)) and not spec.startswith((".", "/", "~"))
+
+
+def _hub_error(spec: str, e: BaseException) -> SparsearchError:
+    """A hub id that did not load: say first that no local folder of that name exists."""
+    return SparsearchError(f"no such model folder {spec!r}, and no model of that id could be loaded from "
+                           f"the hub: {_first_line(e)}")
+
+
+def _weights(path: Path) -> None:
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")) and not any(path.glob("*.gguf")):
+        raise SparsearchError(f"model folder {path} has no weights (*.safetensors or *.bin)")
+
+
+def load_model(spec: str, *, dtype: str = "auto", device: str | torch.device | None = None,
+               trust_remote_code: bool = False):
     """``(model, tokenizer)`` for ``spec``: an alias, a folder with config.json, a .gguf file or a
-    hub id. The model is in eval mode, on ``device`` (default: where it was loaded)."""
+    hub id. The model is in eval mode, on ``device`` (default: where it was loaded).
+
+    Code shipped with a model (``auto_map``) runs only with ``trust_remote_code``; folders that
+    sparsearch exported load with the installed :mod:`modeling_sparsearch`, never the copy in the
+    folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
@@ -116,23 +183,30 @@ def load_model(spec: str, *, dtype: str = "auto", device: str | torch.device | N
         if dtype != "auto":
             model = model.to(torch_dtype)
     elif path.is_dir():
-        if not (path / "config.json").is_file():
-            raise SparsearchError(f"{path} is a folder without config.json, not a model")
-        # our own exports carry their modeling code (modeling_sparsearch.py)
-        ours = json.loads((path / "config.json").read_text()).get("model_type") == "sparsearch"
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=ours)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=ours)
-    elif _HUB_ID.match(spec) and not spec.startswith((".", "/", "~")):
+        cfg = _folder_config(path)
+        _check_remote_code(path, cfg, trust_remote_code)
+        _weights(path)
         try:
-            model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch_dtype)
-            tokenizer = AutoTokenizer.from_pretrained(spec)
-        except OSError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise SparsearchError(f"could not load model {spec!r} from the hub: {first}") from None
+            if _is_export(cfg):
+                from sparsearch.supernet.modeling_sparsearch import SparsearchConfig, SparsearchForCausalLM
+
+                model = SparsearchForCausalLM.from_pretrained(path, config=SparsearchConfig.from_dict(cfg),
+                                                              dtype=torch_dtype)
+                tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype,
+                                                             trust_remote_code=trust_remote_code)
+                tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except Exception as e:  # the folder's own code, if allowed, may raise anything
+            raise SparsearchError(f"could not load the model in {path}: {_first_line(e)}") from None
+    elif _looks_remote(spec):
+        try:
+            model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+            tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as e:
+            raise _hub_error(spec, e) from None
     else:
-        raise SparsearchError(
-            f"unknown model {spec!r}: not an alias ({', '.join(ALIASES)}), a model folder, a .gguf file or a hub id"
-        )
+        raise _missing(spec)
     if device is not None:
         model = model.to(device)
     return model.eval(), tokenizer

@@ -11,7 +11,9 @@ the dense level and the removed level have no file. A build can share files with
 supernets of the same model (Týr's rounds): a variant whose bytes equal an earlier file is a
 hard link to it. Every write is atomic (temp file + rename),
 and the manifest is rewritten after each finished unit, so a killed build resumes at the first
-unit not yet recorded. Files are checked against their SHA-256 when first read.
+unit not yet recorded. Before a run, :meth:`SupernetStore.check_files` checks every file's size
+and SHA-256; the hashes it verified are remembered in ``DIR/verified.json`` by (size, mtime,
+inode), so an unchanged 50 GB supernet is hashed once, not at every start.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from sparsearch.supernet.variants import Variant
 FORMAT = "sparsearch-supernet/2"  # 1: variants held the kept q/k/v/gate/up rows too
 MANIFEST = "manifest.json"
 CALIBRATION = "calibration.safetensors"
+VERIFIED = "verified.json"
 
 
 class SupernetStore:
@@ -125,6 +128,19 @@ class SupernetStore:
                 f"not this one ({fingerprint[:12]})"
             )
 
+    def require_settings(self, fingerprint: str, config: Mapping[str, Any], calibration: Mapping[str, Any]) -> None:
+        """Refuse to reuse this finished supernet for another model, other build settings
+        (``SupernetConfig.identity()``) or other calibration, naming the first difference."""
+        self.check_model(fingerprint)
+        for kind, stored, asked in (("config", self.manifest.get("config", {}), config),
+                                    ("calibration", self.manifest.get("calibration", {}), calibration)):
+            for key in sorted(asked):
+                if stored.get(key) != asked[key]:
+                    raise SparsearchError(
+                        f"supernet at {self.path} was built with {kind} {key}={json.dumps(stored.get(key))}, not "
+                        f"{json.dumps(asked[key])}; use another supernet directory, or delete it to rebuild"
+                    )
+
     # -- writing ------------------------------------------------------------------------------
     def has_unit(self, unit: Unit) -> bool:
         return unit.name in self.manifest["units"]
@@ -206,6 +222,47 @@ class SupernetStore:
             for i in range(len(self.levels(unit))):
                 self.read(unit, i)
 
+    def check_files(self) -> int:
+        """Check that every variant file is present, of its recorded size and SHA-256, before a
+        run reads any; returns how many files were hashed (files verified before and unchanged
+        since, by size, mtime and inode, are not hashed again)."""
+        remembered = self._remembered()
+        hashed, record = 0, {}
+        for unit in self.manifest["units"].values():
+            for e in unit["levels"]:
+                if e["file"] is None or e["file"] in record:
+                    continue
+                f = self.path / e["file"]
+                try:
+                    st = f.stat()
+                except FileNotFoundError:
+                    raise SparsearchError(f"supernet file missing: {f}; rebuild the supernet") from None
+                if st.st_size != e["bytes"]:
+                    raise SparsearchError(f"supernet file {f} has {st.st_size} bytes, not {e['bytes']} "
+                                          "(truncated or replaced); rebuild the supernet")
+                stamp = [st.st_size, st.st_mtime_ns, st.st_ino, e["sha256"]]
+                if remembered.get(e["file"]) != stamp:
+                    sha = _sha256(f)
+                    hashed += 1
+                    if sha != e["sha256"]:
+                        raise SparsearchError(f"supernet file {f} fails its SHA-256 check (corrupt or modified); "
+                                              "rebuild the supernet")
+                record[e["file"]] = stamp
+                self._verified.add(e["file"])
+        if hashed:
+            try:
+                atomic_write_json(self.path / VERIFIED, record)
+            except OSError:  # a read-only supernet: verified again next time
+                pass
+        return hashed
+
+    def _remembered(self) -> dict[str, list]:
+        try:
+            data = json.loads((self.path / VERIFIED).read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
     @property
     def fingerprint(self) -> str:
         """A hash of what the supernet holds: its model, calibration, config and every variant file."""
@@ -223,6 +280,14 @@ class SupernetStore:
         """Bytes this supernet adds on disk (hard links to other supernets' files excluded)."""
         return sum(e.get("bytes", 0) for u in self.manifest["units"].values() for e in u["levels"]
                    if not e.get("linked"))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _link(source: Path, target: Path) -> bool:

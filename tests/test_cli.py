@@ -134,7 +134,9 @@ def test_mismatched_supernet_is_refused(capsys, tmp_path, model_dir):
 def test_unreachable_hub_id_is_one_line_error(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     code = main(["supernet", "--model", "no-such-org/no-such-model", "--out", str(tmp_path / "sn"), "--quiet"])
-    assert "could not load model 'no-such-org/no-such-model' from the hub" in _one_error_line(capsys, code)
+    line = _one_error_line(capsys, code)
+    assert "no such model folder 'no-such-org/no-such-model'" in line
+    assert "no model of that id could be loaded from the hub" in line
 
 
 @pytest.mark.parametrize("engine", ["nsga2", "tpe", "tyr", "uniform", "owl", "flap"])
