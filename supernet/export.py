@@ -84,13 +84,10 @@ def export_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         if layer.mlp is None:
             unused.add(f"model.layers.{i}.post_attention_layernorm.weight")
     state = {}
-    for name, t in model.state_dict().items():
-        if "rotary_emb" in name or name in unused:
+    for name, t in model.state_dict().items():  # kv_index is config (layer_configs), not weights
+        if "rotary_emb" in name or name in unused or name.endswith(".kv_index"):
             continue
         state[name] = t
-    for i, spec in enumerate(layer_configs(model)):  # dense attention blocks have no kv_index of their own
-        if spec["attention"] is not None:
-            state[f"model.layers.{i}.self_attn.kv_index"] = torch.tensor(spec["attention"]["kv_index"], dtype=torch.long)
     if getattr(model.config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)
     return state

@@ -2,7 +2,7 @@
 
 A Llama-family decoder (Llama, Mistral, Qwen2, Qwen3) whose every layer has its own shape: an
 attention block with its own query heads and KV heads (each query head's KV head given by
-``kv_index``), or none; an MLP with its own channel count, or none. Removed blocks are skipped.
+``kv_index`` in the config), or none; an MLP with its own channel count, or none. Removed blocks are skipped.
 Load with ``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)``; ``generate()``
 works with a KV cache (cache slots are given to attention layers only).
 """
@@ -19,18 +19,44 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.models.llama.modeling_llama import LlamaRMSNorm, LlamaRotaryEmbedding, apply_rotary_pos_emb
 
 
+class BlockConfig(dict):
+    """A ``block_configs`` entry of the ``nemotron-nas`` schema: a dict (the config stays plain
+    JSON) whose keys are also attributes, as vLLM's DeciLM reads them (``block.attention.no_op``)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for key, value in self.items():
+            if isinstance(value, dict) and not isinstance(value, BlockConfig):
+                self[key] = BlockConfig(value)
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
 class SparsearchConfig(LlamaConfig):
     """``layer_configs[i]`` = ``{"attention": {"heads", "kv_heads", "kv_index"} | None,
     "mlp": {"channels"} | None}``; ``qkv_bias`` / ``o_bias``: biases of q/k/v and of o;
-    ``qk_norm``: per-head RMSNorm of queries and keys (Qwen3); ``sliding_window``: Mistral."""
+    ``qk_norm``: per-head RMSNorm of queries and keys (Qwen3); ``sliding_window``: Mistral.
+    ``block_configs``: the same layers in the ``nemotron-nas`` schema, when they fit it (vLLM)."""
 
     model_type = "sparsearch"
     layer_configs: list | None = None
+    block_configs: list | None = None
     qkv_bias: bool = False
     o_bias: bool = False
     qk_norm: bool = False
     sliding_window: int | None = None
     base_model_type: str = "llama"
+
+    def __post_init__(self, **kwargs):
+        if self.block_configs is not None:
+            self.block_configs = [BlockConfig(b) for b in self.block_configs]
+        super().__post_init__(**kwargs)
 
 
 class SparsearchAttention(nn.Module):
@@ -47,7 +73,15 @@ class SparsearchAttention(nn.Module):
             self.k_norm = LlamaRMSNorm(hd, eps=config.rms_norm_eps)
         else:
             self.q_norm = self.k_norm = None
-        self.register_buffer("kv_index", torch.tensor(spec["kv_index"], dtype=torch.long))
+        # which KV head each query head reads: from the config, not a tensor in the weights
+        # (vLLM's weight loader accepts only parameters it knows)
+        self.kv_index = tuple(spec["kv_index"])
+        self._kv_index: torch.Tensor | None = None
+
+    def _kv_index_on(self, device: torch.device) -> torch.Tensor:
+        if self._kv_index is None or self._kv_index.device != device:
+            self._kv_index = torch.tensor(self.kv_index, dtype=torch.long, device=device)
+        return self._kv_index
 
     def forward(self, x, position_embeddings, mask, past_key_values=None):
         b, t, _ = x.shape
@@ -59,7 +93,8 @@ class SparsearchAttention(nn.Module):
         q, k = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), *position_embeddings)
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.cache_index)
-        k, v = k.index_select(1, self.kv_index), v.index_select(1, self.kv_index)
+        index = self._kv_index_on(k.device)
+        k, v = k.index_select(1, index), v.index_select(1, index)
         if mask is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1, scale=self.scaling)
         else:

@@ -7,7 +7,10 @@ A genome fits the schema when:
   and the standard contiguous grouping (query head ``j`` reads KV head ``j // n_heads_in_group``);
 - every kept MLP width is expressible as DeciLM's ``ffn_mult``: the width is a multiple of 256
   and ``find_multiple(int(2 * ffn_mult * hidden / 3), 256)`` gives it back;
-- removed attention or MLP blocks are ``no_op``.
+- removed attention or MLP blocks are ``no_op``;
+- the first layer that is not removed entirely keeps its attention: vLLM's DeciLM starts the
+  residual stream in the first attention block it runs, and a first layer with only an MLP fails
+  in its ``post_attention_layernorm`` (``residual`` is None).
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ def block_configs(layer_configs: list[dict[str, Any]], hidden: int) -> tuple[lis
     if len(heads) > 1:
         return None, None, f"kept attention blocks have different query-head counts {sorted(heads)}"
     H = heads.pop() if heads else None
+    first = next((i for i, spec in enumerate(layer_configs) if spec["attention"] or spec["mlp"]), None)
+    if first is not None and not layer_configs[first]["attention"]:
+        return None, None, f"layer {first}, the first non-empty layer, has no attention (vLLM's DeciLM needs it)"
     blocks = []
     for i, spec in enumerate(layer_configs):
         attn, mlp = spec["attention"], spec["mlp"]

@@ -123,4 +123,26 @@ def test_nemotron_nas_rules():
     assert block_configs([{"attention": dense, "mlp": None}, {"attention": fewer, "mlp": None}], 64)[0] is None
     uneven = {"heads": 3, "kv_heads": 2, "kv_index": [0, 1, 1]}
     assert "evenly grouped" in block_configs([{"attention": uneven, "mlp": None}], 64)[2]
-    assert "not expressible" in block_configs([{"attention": None, "mlp": {"channels": 96}}], 64)[2]
+    assert "not expressible" in block_configs([{"attention": dense, "mlp": {"channels": 96}}], 64)[2]
+
+
+def test_first_non_empty_layer_without_attention_is_not_servable():
+    from sparsearch.supernet.nemotron_nas import block_configs
+
+    attn = {"heads": 4, "kv_heads": 2, "kv_index": [0, 0, 1, 1]}
+    mlp_only = [{"attention": None, "mlp": {"channels": 256}}, {"attention": attn, "mlp": None}]
+    blocks, _, why = block_configs(mlp_only, 64)
+    assert blocks is None and "first non-empty layer" in why  # vLLM's DeciLM crashes on it
+    empty_first = [{"attention": None, "mlp": None}, {"attention": attn, "mlp": {"channels": 256}}]
+    assert block_configs(empty_first, 64)[0] is not None
+
+
+def test_block_configs_read_as_attributes_and_stay_json():
+    import json
+
+    from sparsearch.supernet.modeling_sparsearch import SparsearchConfig
+
+    blocks = [{"attention": {"no_op": True, "n_heads_in_group": None}, "ffn": {"no_op": False, "ffn_mult": 6.0}}]
+    cfg = SparsearchConfig(block_configs=blocks, layer_configs=[])
+    assert cfg.block_configs[0].attention.no_op is True and cfg.block_configs[0].ffn.ffn_mult == 6.0
+    assert json.loads(cfg.to_json_string())["block_configs"] == blocks
