@@ -76,6 +76,7 @@ def test_pool_scores_equal_in_process_and_survive_a_killed_actor(spec, local_ray
     assert result.best_fitness == pytest.approx(reference.best_fitness, rel=1e-5, abs=1e-7)
 
 
+@pytest.mark.slow  # starts a second Ray node (about 3 minutes on 2 cores)
 def test_two_node_cluster_runs_evaluations_on_both_nodes(spec, tmp_path):
     from ray.cluster_utils import Cluster
 
