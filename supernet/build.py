@@ -12,7 +12,6 @@ from tqdm.auto import tqdm
 
 from sparsearch.search.space import Unit
 from sparsearch.supernet.accumulation import advance
-from sparsearch.supernet.memory import release_free_memory
 from sparsearch.supernet.adapters import DecoderAdapter
 from sparsearch.supernet.capture import InputHessian, capture_inputs, run_attention, run_mlp
 from sparsearch.supernet.config import SupernetConfig
@@ -106,7 +105,6 @@ def build_supernet(
             cfg=cfg,
         )
         bar.set_postfix(stored=f"{store.size_bytes / 2**20:.0f}MiB")
-        release_free_memory()
     if not store.manifest.get("complete"):
         store.finish(build_seconds=round(time.perf_counter() - started, 2))
     return store

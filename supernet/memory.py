@@ -57,21 +57,3 @@ class PeakMemory:
             self.peak_bytes = mod.max_memory_allocated(self.device)
         self.extra_bytes = None if self.peak_bytes is None else max(self.peak_bytes - self._start, 0)
 
-
-def release_free_memory() -> None:
-    """Give the C heap's free pages back to the system (glibc ``malloc_trim``; a no-op elsewhere).
-    A build frees and reallocates a unit's Hessians and variants at every unit; without this the
-    freed pages stay resident, fragmented, and the build's peak creeps up unit by unit."""
-    global _trim
-    if _trim is None:
-        try:
-            import ctypes
-
-            _trim = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _trim = False
-    if _trim:
-        _trim(0)
-
-
-_trim = None
