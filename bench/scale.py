@@ -37,11 +37,13 @@ SHAPES = {
 }
 
 
-def random_model(shape: str, dtype, device):
+def random_model(shape: str, dtype, device, layers: int = 0):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     kw = dict(SHAPES[shape])
+    if layers:
+        kw["num_hidden_layers"] = layers
     config = AutoConfig.for_model(kw.pop("model_type"), **kw)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -68,6 +70,9 @@ def main() -> None:
     p.add_argument("--offspring", type=int, default=8)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--out", help="supernet folder (default: a temporary one, deleted after)")
+    p.add_argument("--layers", type=int, default=0,
+                   help="build only this many decoder layers of the shape (0: all); the JSON adds per-layer "
+                        "build time and the full model's extrapolated build time")
     args = p.parse_args()
 
     import torch
@@ -93,7 +98,10 @@ def main() -> None:
     if device.type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(device)
     t0 = time.perf_counter()
-    model = random_model(args.shape, dtype, device)
+    model = random_model(args.shape, dtype, device, args.layers)
+    full_layers = SHAPES[args.shape]["num_hidden_layers"]
+    if args.layers:
+        out["layers_built"] = f"{args.layers} of {full_layers}"
     out["params"] = sum(p.numel() for p in model.parameters())
     out["model_gib"] = round(out["params"] * model.dtype.itemsize / 2**30, 2)
     out["init_s"] = round(time.perf_counter() - t0, 1)
@@ -112,6 +120,9 @@ def main() -> None:
             t0 = time.perf_counter()
             store = build_supernet(model, calib, str(folder), cfg, model_name=f"random {args.shape}", progress=True)
             out["build_s"] = round(time.perf_counter() - t0, 1)
+            if args.layers:
+                out["build_s_per_layer"] = round(out["build_s"] / args.layers, 1)
+                out["build_s_extrapolated_all_layers"] = round(out["build_s"] / args.layers * full_layers, 1)
         key = "peak_gpu_memory_gib" if device.type != "cpu" else "peak_rss_gib"
         out[key] = round(mem.peak_bytes / 2**30, 2)
         out["disk_gib"] = round(store.new_bytes / 2**30, 2)
