@@ -6,6 +6,7 @@ fitness tokens come from here; held-out perplexity text must be another source.
 
 from __future__ import annotations
 
+import re
 import warnings
 
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sparsearch.search.config import require, require_choice, setting
-from sparsearch.search.errors import SparsearchError, SparsearchWarning
+from sparsearch.search.errors import SparsearchError, SparsearchWarning, first_line
 
 SOURCES = ("self", "text", "dataset")
 _LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -108,6 +109,8 @@ def tokenize_text(text: str, tokenizer) -> torch.Tensor:
 
 
 NOT_TEXT = 0.01  # a file with more than this fraction of non-text bytes is refused
+_UNDECODED = re.compile("[\udc80-\udcff]")  # bytes that are not UTF-8 (surrogateescape)
+_CONTROL = re.compile("[\x00-\x08\x0e-\x1f]")  # control characters other than \t \n \v \f \r
 
 
 def read_text(path: str | Path) -> str:
@@ -121,8 +124,8 @@ def read_text(path: str | Path) -> str:
     except OSError as e:
         raise SparsearchError(f"cannot read {p}: {e.strerror}") from None
     text = data.decode("utf-8", errors="surrogateescape")
-    bad = sum(1 for ch in text if "\udc80" <= ch <= "\udcff")
-    control = sum(1 for ch in text if ch < " " and ch not in "\t\n\r\f\v")
+    bad = len(_UNDECODED.findall(text))
+    control = len(_CONTROL.findall(text))
     if data and (bad + control) > NOT_TEXT * len(data):
         raise SparsearchError(f"{p} is not text: {100 * (bad + control) / len(data):.0f}% of its bytes are not "
                               "UTF-8 text (give a UTF-8 text file)")
@@ -149,8 +152,7 @@ def dataset_text(spec: str) -> str:
         else:
             ds = datasets.load_dataset(name, config, split=split)
     except Exception as e:  # datasets raises many types for missing/unreachable data
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SparsearchError(f"could not load dataset {spec!r}: {first}") from None
+        raise SparsearchError(f"could not load dataset {spec!r}: {first_line(e)}") from None
     if field not in ds.column_names:
         raise SparsearchError(f"dataset {spec!r} has no field {field!r} (fields: {', '.join(ds.column_names)})")
     return "\n\n".join(t for t in ds[field] if t)

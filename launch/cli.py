@@ -210,7 +210,6 @@ def cmd_supernet(o: Resolved) -> int:
 
     cfg, calib = o.config(SupernetConfig), calibration_config(o)  # validated before loading anything
     _check_files(calib.location if calib.source == "text" else None)
-    _device(o.device)
     model, tokenizer = _load(o)
     require_fits(model, seqlens={"calib_seqlen": calib.seqlen}, supernet=cfg)
     store = ensure_supernet(model, tokenizer, Path(o.out), cfg, calib, model_name=o.model, progress=not o.quiet,
@@ -247,15 +246,16 @@ def cmd_eval(o: Resolved) -> int:
     batch_size = o.config(FitnessConfig).batch_size
     read_text(o.data)
     _device(o.device)
-    if o.supernet:
-        SupernetStore.open(o.supernet).check_files()  # refuse a missing, unfinished or damaged supernet first
+    store = SupernetStore.open(o.supernet) if o.supernet else None
+    if store is not None:
+        store.check_files()  # refuse a missing, unfinished or damaged supernet before loading
     model, tokenizer = _load(o)
     require_fits(model, seqlens={"--seqlen": o.seqlen})
     result: dict[str, Any] = {"model": o.model, "data": o.data, "seqlen": o.seqlen}
-    if o.supernet:
+    if store is not None:
         from sparsearch.supernet.stitch import Stitcher
 
-        stitcher = Stitcher(model, SupernetStore.open(o.supernet))
+        stitcher = Stitcher(model, store)
         genome = stitcher.space.uniform(o.target_sparsity)
         stitcher.apply(genome)
         result.update(genome=list(genome), sparsity=stitcher.space.sparsity(genome))
@@ -361,7 +361,6 @@ def cmd_run(o: Resolved) -> int:
     o.config(FitnessConfig), o.config(HeldoutConfig), o.config(ClusterConfig)
     calib = calibration_config(o)
     _check_files(calib.location if calib.source == "text" else None, o.eval_text)
-    _device(o.device)
     model, tokenizer = _load(o)
     require_fits(model, seqlens=_seqlens(o), supernet=o.config(SupernetConfig))
     out = Path(o.supernet) if o.supernet else Path(o.run_dir) / "supernet"
@@ -433,7 +432,6 @@ def cmd_export(o: Resolved) -> int:
         raise SparsearchError(f"export folder {out} exists and is not empty")
     store = SupernetStore.open(summary["supernet"])
     store.check_files()
-    _device(o.device)
     model, tokenizer = _load(o, model=summary["model"])
     stitcher = Stitcher(model, store)
     stitcher.apply(tuple(genome))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -17,7 +16,6 @@ from safetensors.torch import save as st_save
 
 from sparsearch.fitness.config import FitnessConfig
 from sparsearch.fitness.data import CalibrationConfig, calibration_tokens
-from sparsearch.fitness.schedule import TokenSchedule
 from sparsearch.launch.cluster import ClusterConfig
 from sparsearch.launch.config import SearchConfig
 from sparsearch.launch.evaluators import FitnessFactory, OpenFitness

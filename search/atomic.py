@@ -44,6 +44,18 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def read_json_object(path: Path, what: str) -> dict:
+    """The JSON object in ``path`` (an existing file); anything else raises one
+    :class:`SparsearchError` line ``"{what} {path}: ..."``."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SparsearchError(f"{what} {path}: {e}") from None
+    if not isinstance(obj, dict):
+        raise SparsearchError(f"{what} {path}: not a JSON object")
+    return obj
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write(path, (json.dumps(obj, indent=1) + "\n").encode())
 

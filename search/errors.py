@@ -14,3 +14,9 @@ class ConfigError(SparsearchError, ValueError):
 class SparsearchWarning(UserWarning):
     """Something the user should know that does not stop the run (the command line prints it as
     one ``sparsearch: warning:`` line)."""
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's message cut to its first line (its type name if it has none), for one-line errors."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

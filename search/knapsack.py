@@ -21,7 +21,6 @@ stage, independent of the budget.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from sparsearch.search.budget import Budget
 from sparsearch.search.cache import CachedFitness

@@ -14,8 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from sparsearch.search.atomic import append_line, atomic_write, atomic_write_json, read_lines
-from sparsearch.search.errors import SparsearchError
+from sparsearch.search.atomic import append_line, atomic_write, atomic_write_json, read_json_object, read_lines
 from sparsearch.search.space import Genome
 
 SETTINGS = "settings.json"
@@ -47,13 +46,7 @@ class RunFiles:
         f = self.dir / name
         if not f.is_file():
             return None
-        try:
-            state = json.loads(f.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise SparsearchError(f"corrupt run file {f}: {e}") from None
-        if not isinstance(state, dict):
-            raise SparsearchError(f"corrupt run file {f}: not a JSON object")
-        return state
+        return read_json_object(f, "corrupt run file")
 
     def save_checkpoint(self, state: dict) -> None:
         atomic_write_json(self.dir / CHECKPOINT, state)

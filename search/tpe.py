@@ -41,7 +41,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from sparsearch.search.config import require, require_choice, setting
 from sparsearch.search.engine import Engine
-from sparsearch.search.errors import ConfigError, SparsearchError
+from sparsearch.search.errors import ConfigError, SparsearchError, first_line
 from sparsearch.search.space import Genome
 
 BUDGET_MODES = ("repair", "constraint")
@@ -78,8 +78,7 @@ def _check_storage_url(url: str) -> None:
     try:
         make_url(url).get_dialect()
     except (ArgumentError, ImportError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"storage: {url!r} is not a usable Optuna storage URL ({first})") from None
+        raise ConfigError(f"storage: {url!r} is not a usable Optuna storage URL ({first_line(e)})") from None
 
 
 def _heal_journal(path: Path) -> None:
@@ -119,8 +118,7 @@ class TPEEngine(Engine):
                 f"study {self.config.study_name!r} already exists in {self.config.storage}; use --resume or another name"
             ) from None
         except (ImportError, SQLAlchemyError) as e:  # the database of --storage cannot be opened
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise SparsearchError(f"cannot open the Optuna storage {self.config.storage}: {first}") from None
+            raise SparsearchError(f"cannot open the Optuna storage {self.config.storage}: {first_line(e)}") from None
 
     @property
     def _distributions(self) -> dict[str, IntDistribution]:

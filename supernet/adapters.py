@@ -26,6 +26,20 @@ class DecoderShape:
     head_dim: int
     intermediate: int
 
+    @classmethod
+    def from_config(cls, cfg) -> "DecoderShape":
+        """The decoder's shapes from a transformers config (KV heads and head_dim defaulted as
+        the Llama family does)."""
+        heads = cfg.num_attention_heads
+        return cls(
+            num_layers=cfg.num_hidden_layers,
+            hidden=cfg.hidden_size,
+            num_heads=heads,
+            num_kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
+            head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
+            intermediate=cfg.intermediate_size,
+        )
+
     @property
     def heads_per_group(self) -> int:
         return self.num_heads // self.num_kv_heads
@@ -42,18 +56,7 @@ class DecoderAdapter:
             )
         self.model = model
         self.model_type = model_type
-        cfg = model.config
-        heads = cfg.num_attention_heads
-        kv = getattr(cfg, "num_key_value_heads", None) or heads
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-        self.shape = DecoderShape(
-            num_layers=cfg.num_hidden_layers,
-            hidden=cfg.hidden_size,
-            num_heads=heads,
-            num_kv_heads=kv,
-            head_dim=head_dim,
-            intermediate=cfg.intermediate_size,
-        )
+        self.shape = DecoderShape.from_config(model.config)
 
     @property
     def layers(self) -> nn.ModuleList:

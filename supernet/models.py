@@ -8,7 +8,6 @@ safetensors folder under ``$SPARSEARCH_CACHE`` (default ``~/.cache/sparsearch``)
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import re
 import shutil
@@ -17,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from sparsearch.search.errors import SparsearchError
+from sparsearch.search.atomic import read_json_object
+from sparsearch.search.errors import SparsearchError, first_line
 
 DEFAULT_MODEL = "smollm2-135m"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -80,13 +80,7 @@ def _folder_config(path: Path) -> dict:
     f = path / "config.json"
     if not f.is_file():
         raise SparsearchError(f"{path} is a folder without config.json, not a model")
-    try:
-        cfg = json.loads(f.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SparsearchError(f"{f} is not valid JSON: {e}") from None
-    if not isinstance(cfg, dict):
-        raise SparsearchError(f"{f} is not a JSON object")
-    return cfg
+    return read_json_object(f, "corrupt model config")
 
 
 def _is_export(cfg: dict) -> bool:
@@ -105,11 +99,6 @@ def _check_remote_code(path: Path, cfg: dict, trust_remote_code: bool) -> None:
     what = f"its own code ({', '.join(code)})" if code else f"an architecture transformers does not know ({cfg.get('model_type')!r})"
     raise SparsearchError(f"model folder {path} needs {what}; sparsearch runs code from a model folder only "
                           "with --trust-remote-code")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _missing(spec: str) -> SparsearchError:
@@ -138,7 +127,7 @@ def load_config(spec: str, *, trust_remote_code: bool = False):
         try:
             return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         except Exception as e:  # the folder's own code, if allowed, may raise anything
-            raise SparsearchError(f"could not load the config of {path}: {_first_line(e)}") from None
+            raise SparsearchError(f"could not load the config of {path}: {first_line(e)}") from None
     if _looks_remote(spec):
         try:
             return AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code)
@@ -154,7 +143,7 @@ def _looks_remote(spec: str) -> bool:
 def _hub_error(spec: str, e: BaseException) -> SparsearchError:
     """A hub id that did not load: say first that no local folder of that name exists."""
     return SparsearchError(f"no such model folder {spec!r}, and no model of that id could be loaded from "
-                           f"the hub: {_first_line(e)}")
+                           f"the hub: {first_line(e)}")
 
 
 def _weights(path: Path) -> None:
@@ -198,7 +187,7 @@ def load_model(spec: str, *, dtype: str = "auto", device: str | torch.device | N
                                                              trust_remote_code=trust_remote_code)
                 tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         except Exception as e:  # the folder's own code, if allowed, may raise anything
-            raise SparsearchError(f"could not load the model in {path}: {_first_line(e)}") from None
+            raise SparsearchError(f"could not load the model in {path}: {first_line(e)}") from None
     elif _looks_remote(spec):
         try:
             model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch_dtype, trust_remote_code=trust_remote_code)

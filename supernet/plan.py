@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
 from sparsearch.fitness.schedule import TokenSchedule
 from sparsearch.search.registry import ENGINES
 from sparsearch.search.space import Level, SearchSpace, Unit
+from sparsearch.supernet.adapters import DecoderShape
 from sparsearch.supernet.config import SupernetConfig
 from sparsearch.supernet.variants import attention_params, attention_states, level_heads, mlp_kept_channels, mlp_params
 
@@ -36,15 +36,10 @@ MiB = 2**20
 
 
 @dataclass(frozen=True)
-class ModelShape:
-    """The shapes a plan needs, read from a model's config."""
+class ModelShape(DecoderShape):
+    """The shapes a plan needs, read from a model's config: the decoder's, and what the
+    parameter and byte counts add (vocabulary, biases, norms, dtype)."""
 
-    num_layers: int
-    hidden: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    intermediate: int
     vocab: int
     tied_embeddings: bool
     qkv_bias: bool
@@ -54,13 +49,9 @@ class ModelShape:
 
     @classmethod
     def from_config(cls, config, dtype: str = "auto") -> "ModelShape":
-        heads = config.num_attention_heads
         name = dtype if dtype != "auto" else str(getattr(config, "dtype", None) or "float32").replace("torch.", "")
         return cls(
-            num_layers=config.num_hidden_layers, hidden=config.hidden_size, num_heads=heads,
-            num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
-            head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
-            intermediate=config.intermediate_size, vocab=config.vocab_size,
+            **dataclasses.asdict(DecoderShape.from_config(config)), vocab=config.vocab_size,
             tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
             qkv_bias=bool(getattr(config, "attention_bias", False) or config.model_type == "qwen2"),
             mlp_bias=bool(getattr(config, "mlp_bias", False)), qk_norm=config.model_type == "qwen3",
@@ -94,7 +85,7 @@ def _header_bytes(tensors: dict[str, tuple[str, list[int], int]]) -> int:
 
 def planned_space(shape: ModelShape, cfg: SupernetConfig) -> SearchSpace:
     """The search space the build would make (attention heads removed group by group)."""
-    hpg = shape.num_heads // shape.num_kv_heads
+    hpg = shape.heads_per_group
     packed = [h for g in range(shape.num_kv_heads) for h in range(g * hpg, (g + 1) * hpg)]
     states = attention_states(packed, shape.num_kv_heads, shape.hidden, shape.head_dim, shape.qkv_bias,
                               balanced=cfg.balanced_heads)

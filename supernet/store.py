@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from sparsearch.search.atomic import atomic_write, atomic_write_json
+from sparsearch.search.atomic import atomic_write, atomic_write_json, read_json_object
 from sparsearch.search.errors import SparsearchError
 from sparsearch.search.space import SearchSpace, Unit
 from sparsearch.supernet.variants import Variant
@@ -107,12 +107,7 @@ class SupernetStore:
         f = path / MANIFEST
         if not f.is_file():
             return None
-        try:
-            manifest = json.loads(f.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise SparsearchError(f"corrupt supernet manifest {f}: {e}") from None
-        if not isinstance(manifest, dict):
-            raise SparsearchError(f"corrupt supernet manifest {f}: not a JSON object")
+        manifest = read_json_object(f, "corrupt supernet manifest")
         fmt = manifest.get("format")
         if isinstance(fmt, str) and fmt.startswith("sparsearch-supernet/") and fmt != FORMAT:
             raise SparsearchError(f"supernet at {path} is in the older format {fmt}; rebuild it (this version reads {FORMAT})")
