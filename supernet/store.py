@@ -247,7 +247,7 @@ class SupernetStore:
         if hashed:
             try:
                 atomic_write_json(self.path / VERIFIED, record)
-            except OSError:  # a read-only supernet: verified again next time
+            except SparsearchError:  # a read-only supernet (atomic writes raise this): verified again next time
                 pass
         return hashed
 

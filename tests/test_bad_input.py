@@ -210,6 +210,17 @@ def test_verified_hashes_are_remembered(built, tmp_path):
         SupernetStore.open(sn).check_files()
 
 
+def test_a_read_only_supernet_is_searched(built, tmp_path):
+    root, m, text = built
+    sn = tmp_path / "sn"
+    shutil.copytree(root / "sn", sn)
+    (sn / "verified.json").unlink(missing_ok=True)  # its hashes cannot be remembered there: checked anyway
+    r = cli("search", "--model", m, "--supernet", sn, "--run-dir", tmp_path / "r", "--calib-text", text, *SEARCH,
+            fault=("readonly", str(sn)))
+    assert r.returncode == 0, r.stderr
+    assert not (sn / "verified.json").exists() and (tmp_path / "r" / "summary.json").is_file()
+
+
 # -- 4. faults and odd inputs are one line -----------------------------------------------------
 def test_read_only_directory(built, tmp_path):
     root, m, text = built
