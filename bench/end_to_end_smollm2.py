@@ -4,7 +4,11 @@ and budget, each run through the product's own ``sparsearch search``; then the W
 perplexity of every genome. Prints one JSON object (also written to OUT/end_to_end.json).
 
     python bench/end_to_end_smollm2.py --supernet bench/out/smollm2-with_accumulation \\
-        [--targets 0.25,0.5] [--generations 30] [--offspring 16] [--trials 120] [--eval-tokens 32768]
+        [--targets 0.25,0.5] [--methods uniform,owl,flap,knapsack,evolution+knapsack,tpe,nsga2]
+        [--generations 30] [--offspring 16] [--trials 120] [--eval-tokens 32768]
+
+A method ``ENGINE+START`` runs the search ENGINE from the one-shot allocation START (``--init``);
+a plain search name starts from ``--init``.
 
 A run whose ``summary.json`` already exists under OUT is reused, so an interrupted benchmark continues.
 """
@@ -20,8 +24,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-BASELINES = ("uniform", "owl", "flap")
-SEARCHES = ("evolution", "tpe")
+BASELINES = ("uniform", "owl", "flap", "knapsack")
+SEARCHES = ("evolution", "tpe", "nsga2", "tyr")
+
+
+def engine_and_init(method: str, default_init: str) -> tuple[str, str | None]:
+    """``evolution+knapsack``: engine evolution started from knapsack; a plain search name starts
+    from ``default_init``; a baseline has no start."""
+    engine, _, init = method.partition("+")
+    return engine, (init or default_init) if engine in SEARCHES else None
 
 
 def log(msg: str) -> None:
@@ -40,6 +51,7 @@ def main() -> None:
     p.add_argument("--init", default="best", help="where evolution starts (tpe enqueues the same genome)")
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     p.add_argument("--eval-tokens", type=int, default=32768)
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--out", default=str(ROOT / "bench" / "out" / "end_to_end"))
     args = p.parse_args()
 
@@ -52,7 +64,7 @@ def main() -> None:
     from sparsearch.supernet.stitch import Stitcher
     from sparsearch.supernet.store import SupernetStore
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     calib = str(Path(args.data_dir) / "calibration" / "python-docs.txt")
     targets = [float(t) for t in args.targets.split(",")]
@@ -63,8 +75,9 @@ def main() -> None:
             run_dir = out / f"{target}" / method
             if not (run_dir / "summary.json").is_file():
                 log(f"{method} at {target}")
-                extra = ["--init", args.init] if method in SEARCHES else []
-                code = cli(["search", "--supernet", args.supernet, "--run-dir", str(run_dir), "--engine", method,
+                engine, init = engine_and_init(method, args.init)
+                extra = ["--init", init] if init else []
+                code = cli(["search", "--supernet", args.supernet, "--run-dir", str(run_dir), "--engine", engine,
                             "--target-sparsity", str(target), "--generations", str(args.generations),
                             "--offspring", str(args.offspring), "--trials", str(args.trials),
                             "--schedule", args.schedule, "--calib-text", calib, "--calib-seqlen", "512",
@@ -97,14 +110,14 @@ def main() -> None:
             rows[method] = {"sparsity": round(s["sparsity"], 4), "kl": round(s["fitness"]["kl"], 4),
                             "wikitext2_ppl": ppl(s["best_genome"]), "evaluations": s["evaluations"],
                             "wall_time_s": s["wall_time_s"]}
-            if method in SEARCHES:
+            if engine_and_init(method, args.init)[1]:
                 rows[method]["started_from"] = min(s["baselines"], key=lambda n: s["baselines"][n]["kl"]) \
                     if s.get("baselines") else "uniform"
         entry: dict = {"methods": rows}
-        base = [m for m in BASELINES if m in rows and m != "uniform"]
+        base = [m for m in rows if m in BASELINES and m != "uniform"]
         best_base = min(base, key=lambda m: rows[m]["wikitext2_ppl"]) if base else None
-        for m in SEARCHES:
-            if m not in rows:
+        for m in rows:
+            if not engine_and_init(m, args.init)[1]:
                 continue
             if "uniform" in rows:
                 entry[f"{m}_over_uniform"] = round(rows[m]["wikitext2_ppl"] / rows["uniform"]["wikitext2_ppl"], 3)

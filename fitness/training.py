@@ -1,7 +1,9 @@
 """Training a (pruned) model: short training-aware selection (DarwinLM) and healing share it.
 
-:class:`Trainer` runs AdamW steps on a model's parameters with a loss given by the caller
-(next-token cross-entropy here; distillation from the dense teacher for ``heal``). Parameters
+:class:`Trainer` runs AdamW steps on a model's parameters with a loss given by the caller:
+next-token cross-entropy (:func:`next_token_loss`, training-aware selection) or distillation
+from the dense teacher (:func:`cached_distill_loss` on a top-k teacher cache,
+:func:`online_distill_loss` on the teacher's full logits; ``heal``). Parameters
 in a low-precision dtype (bfloat16, float16) get float32 *master weights*: the optimizer updates
 the masters and the rounded result is written back after each step, so updates smaller than the
 low-precision resolution accumulate instead of rounding away (at lr 1e-5 most bf16 updates do).
@@ -22,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparsearch.fitness.metrics import kl_per_token
+from sparsearch.fitness.teacher import TeacherCache
 from sparsearch.search.config import require, require_choice, setting
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -153,6 +157,31 @@ def next_token_loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1))
 
 
+def cached_distill_loss(cache: TeacherCache) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
+    """Distillation on a top-k teacher cache: the batch is a tensor of cache rows; the loss is the
+    mean top-k KL(teacher || student) per position (:class:`~sparsearch.fitness.teacher.TeacherCache`).
+    The teacher model need not be in memory."""
+
+    def loss(model: nn.Module, rows: torch.Tensor) -> torch.Tensor:
+        device = next(model.parameters()).device
+        logits = model(input_ids=cache.tokens[rows].to(device), use_cache=False).logits
+        return cache.kl(rows, logits).mean()
+
+    return loss
+
+
+def online_distill_loss(teacher: nn.Module) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
+    """Distillation on the teacher's full logits, computed for each batch of token ids: the mean
+    KL(teacher || student) per position over the whole vocabulary."""
+
+    def loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target = teacher(input_ids=ids, use_cache=False).logits
+        return kl_per_token(target, model(input_ids=ids, use_cache=False).logits).mean()
+
+    return loss
+
+
 def candidate_copy(model: nn.Module) -> nn.Module:
     """A copy of a (stitched) model's own modules; the dense blocks a stitched layer keeps hidden
     to restore level 0 are not copied (the copy cannot be re-stitched)."""
@@ -164,14 +193,20 @@ def candidate_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def token_batches(tokens: torch.Tensor, batch_size: int, seed: int):
-    """Batches of ``tokens`` rows (N x T) in a seeded order, cycled endlessly."""
-    n = tokens.shape[0]
+def batch_rows(n: int, batch_size: int, seed: int):
+    """Row indices of batches over ``n`` rows in one seeded order, cycled endlessly (the k-th batch
+    depends only on ``n``, ``batch_size``, ``seed`` and ``k``: a resumed run skips ``k`` batches)."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     pos = 0
     while True:
         rows = torch.cat([order, order])[pos : pos + min(batch_size, n)]
         pos = (pos + len(rows)) % n
+        yield rows
+
+
+def token_batches(tokens: torch.Tensor, batch_size: int, seed: int):
+    """Batches of ``tokens`` rows (N x T) in a seeded order, cycled endlessly."""
+    for rows in batch_rows(tokens.shape[0], batch_size, seed):
         yield tokens[rows]
 
 

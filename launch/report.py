@@ -138,6 +138,29 @@ def model_card(summary: dict[str, Any], genome: list[int], per_layer: list[dict[
     return "\n".join(lines)
 
 
+def healed_card(summary: dict[str, Any], heal: dict[str, Any]) -> str:
+    """README.md of a healed export: the run's model card for its best genome, and how it was healed."""
+    info = {**summary, "sparsity_of_genome": summary["sparsity"], "fitness_of_genome": summary["fitness"]["kl"]}
+    card = model_card(info, summary["best_genome"], summary["per_layer"], heal["params"])
+    calib = heal["settings"]["calibration"]
+    lines = [
+        "## Healing",
+        "",
+        "Distilled from the dense model (KL on next-token logits, "
+        + (f"teacher top-{heal['settings']['heal']['teacher_topk']} cache" if heal["settings"]["heal"]["teacher_topk"]
+           else "full vocabulary") + f") with `sparsearch heal`: {heal['method']}, {heal['steps']} steps, "
+        f"{heal['tokens']:,} tokens from {calib['source']}" + (f" (`{calib['location']}`)" if calib.get("location") else "")
+        + f", seed {calib['seed']}.",
+    ]
+    if heal["loss"]["first"] is not None:
+        lines.append(f"Distillation loss {heal['loss']['first']:.4f} -> {heal['loss']['last']:.4f} nats/token.")
+    if heal["perplexity"] is not None:
+        p = heal["perplexity"]
+        lines.append(f"Held-out perplexity ({p['data_tokens']:,} tokens): {p['before']:.2f} before healing, "
+                     f"{p['after']:.2f} after.")
+    return card + "\n".join(lines) + "\n"
+
+
 def export_genome(model, tokenizer, summary: dict[str, Any], genome: list[int], out: Path, space,
                   dtype: str = "auto") -> Path:
     """Export ``model`` (stitched to ``genome``, the run's best or a Pareto point) to ``out``, with

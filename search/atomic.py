@@ -22,6 +22,23 @@ def _failed(path: Path, e: OSError) -> SparsearchError:
     return SparsearchError(f"cannot write {path}: {e.strerror or e}")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_shared(folder: Path) -> None:
+    """Give a folder made by ``tempfile.mkdtemp`` and the files in it (some writers, like
+    ``save_pretrained``'s safetensors, make them owner-only) the modes ``mkdir`` and ``open``
+    would, before it is renamed into place: exports and models are read by other users (a
+    server, a cluster)."""
+    mask = _umask()
+    for path in Path(folder).rglob("*"):
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+    os.chmod(folder, 0o777 & ~mask)
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
     path = Path(path)
@@ -29,6 +46,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.fchmod(fd, 0o666 & ~_umask())  # as open() would create it (mkstemp makes it private)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -11,6 +11,7 @@ written to a temporary name and renamed when complete.
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import tempfile
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sparsearch.search.atomic import make_shared
 from sparsearch.search.errors import SparsearchError
 from sparsearch.supernet import modeling_sparsearch, nemotron_nas
 from sparsearch.supernet.adapters import DecoderAdapter
@@ -93,12 +95,9 @@ def export_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def export(model: nn.Module, tokenizer, out: str | Path, *, card: str | None = None,
-           dtype: torch.dtype | None = None) -> Path:
-    """Write the (stitched) ``model`` to ``out``; returns the folder."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise SparsearchError(f"export folder {out} exists and is not empty")
+def export_model(model: nn.Module, dtype: torch.dtype | None = None) -> modeling_sparsearch.SparsearchForCausalLM:
+    """The (stitched) ``model`` as a :class:`SparsearchForCausalLM` of its real smaller shapes; its
+    weights are the stitched model's tensors (not copies; cast to ``dtype`` when given)."""
     cfg = export_config(model)
     with torch.device("meta"):
         exported = modeling_sparsearch.SparsearchForCausalLM(cfg)
@@ -109,7 +108,30 @@ def export(model: nn.Module, tokenizer, out: str | Path, *, card: str | None = N
         raise SparsearchError(f"export weights do not match the exported shapes: missing {missing[:3]}, unexpected {unexpected[:3]}")
     if cfg.tie_word_embeddings:
         exported.tie_weights()
-    exported.model.rotary_emb = modeling_sparsearch.LlamaRotaryEmbedding(cfg)
+    exported.model.rotary_emb = modeling_sparsearch.LlamaRotaryEmbedding(cfg).to(next(model.parameters()).device)
+    gen = getattr(model, "generation_config", None)
+    if gen is not None:
+        exported.generation_config = copy.deepcopy(gen)
+    return exported
+
+
+def export(model: nn.Module, tokenizer, out: str | Path, *, card: str | None = None,
+           dtype: torch.dtype | None = None) -> Path:
+    """Write the (stitched) ``model`` to ``out``; returns the folder."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise SparsearchError(f"export folder {out} exists and is not empty")
+    return save_export(export_model(model, dtype), tokenizer, out, card=card)
+
+
+def save_export(exported: modeling_sparsearch.SparsearchForCausalLM, tokenizer, out: str | Path, *,
+                card: str | None = None) -> Path:
+    """Write an exported model (from :func:`export_model`, possibly trained since) to the new or
+    empty folder ``out``, atomically; returns the folder."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise SparsearchError(f"export folder {out} exists and is not empty")
+    cfg = exported.config
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
@@ -127,13 +149,13 @@ def export(model: nn.Module, tokenizer, out: str | Path, *, card: str | None = N
         shutil.copyfile(modeling_sparsearch.__file__, tmp / "modeling_sparsearch.py")
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        gen = getattr(model, "generation_config", None)
-        if gen is not None:
-            gen.save_pretrained(tmp)
+        if getattr(exported, "generation_config", None) is not None:
+            exported.generation_config.save_pretrained(tmp)
         if card:
             (tmp / "README.md").write_text(card)
         if out.exists():
             out.rmdir()
+        make_shared(tmp)
         tmp.rename(out)
     except OSError as e:  # a full disk, a read-only folder: nothing half-written stays
         shutil.rmtree(tmp, ignore_errors=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from sparsearch.search.atomic import read_json_object
+from sparsearch.search.atomic import make_shared, read_json_object
 from sparsearch.search.errors import SparsearchError, first_line
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -65,6 +65,7 @@ def smollm2_folder() -> Path:
             shutil.rmtree(tmp)
         else:
             shutil.rmtree(target, ignore_errors=True)
+            make_shared(tmp)
             os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

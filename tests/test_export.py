@@ -1,4 +1,6 @@
 import copy
+import os
+import stat
 
 import pytest
 import torch
@@ -82,6 +84,22 @@ def test_export_refuses_a_non_empty_folder(candidate, tmp_path):
     with pytest.raises(SparsearchError, match="not empty"):
         export(stitched, None, tmp_path / "x")
     assert (tmp_path / "x" / "keep.txt").read_text() == "mine"
+
+
+def test_export_and_atomic_files_get_the_umask_modes_not_private_ones(candidate, tmp_path):
+    """A server or a cluster node running as another user reads exports and run files."""
+    from sparsearch.search.atomic import atomic_write
+
+    _, _, stitched, _, _, _ = candidate
+    old = os.umask(0o022)
+    try:
+        out = export(stitched, None, tmp_path / "shared")
+        atomic_write(tmp_path / "summary.json", b"{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert stat.S_IMODE((out / "model.safetensors").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "summary.json").stat().st_mode) == 0o644
 
 
 def test_servable_genomes_export_the_nemotron_nas_schema(tmp_path):
