@@ -32,6 +32,11 @@ AUTO_MAP = {
     "AutoModelForCausalLM": "modeling_sparsearch.SparsearchForCausalLM",
 }
 
+NEMOTRON_AUTO_MAP = {  # the same model under the config class of the nemotron-nas model type
+    "AutoConfig": "modeling_sparsearch.SparsearchNemotronNASConfig",
+    "AutoModelForCausalLM": "modeling_sparsearch.SparsearchNemotronNASForCausalLM",
+}
+
 
 def _attention_spec(attn: nn.Module, shape) -> dict[str, Any]:
     if hasattr(attn, "kv_index"):
@@ -144,7 +149,8 @@ def save_export(exported: modeling_sparsearch.SparsearchForCausalLM, tokenizer, 
         blocks, heads, _why = nemotron_nas.block_configs(cfg.layer_configs, cfg.hidden_size)
         if blocks is not None:  # also servable by vLLM's DeciLM model
             cfg_json.update(model_type="nemotron-nas", architectures=["DeciLMForCausalLM"], block_configs=blocks,
-                            num_attention_heads=heads or cfg.num_attention_heads)
+                            num_attention_heads=heads or cfg.num_attention_heads,
+                            auto_map=NEMOTRON_AUTO_MAP)
         (tmp / "config.json").write_text(json.dumps(cfg_json, indent=2) + "\n")
         shutil.copyfile(modeling_sparsearch.__file__, tmp / "modeling_sparsearch.py")
         if tokenizer is not None:

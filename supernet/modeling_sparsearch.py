@@ -59,6 +59,14 @@ class SparsearchConfig(LlamaConfig):
         super().__post_init__(**kwargs)
 
 
+class SparsearchNemotronNASConfig(SparsearchConfig):
+    """The config class of an export that also has the ``nemotron-nas`` schema (vLLM's DeciLM):
+    the same fields, under the model type its ``config.json`` names, so that loading it does not
+    warn about a model-type mismatch."""
+
+    model_type = "nemotron-nas"
+
+
 class SparsearchAttention(nn.Module):
     def __init__(self, config: SparsearchConfig, spec: dict, cache_index: int):
         super().__init__()
@@ -210,3 +218,10 @@ class SparsearchForCausalLM(SparsearchPreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1))
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+
+
+class SparsearchNemotronNASForCausalLM(SparsearchForCausalLM):
+    """:class:`SparsearchForCausalLM` under the ``nemotron-nas`` config class (see
+    :class:`SparsearchNemotronNASConfig`)."""
+
+    config_class = SparsearchNemotronNASConfig

@@ -180,9 +180,10 @@ def load_model(spec: str, *, dtype: str = "auto", device: str | torch.device | N
             if _is_export(cfg):
                 from sparsearch.supernet.modeling_sparsearch import SparsearchConfig, SparsearchForCausalLM
 
-                model = SparsearchForCausalLM.from_pretrained(path, config=SparsearchConfig.from_dict(cfg),
-                                                              dtype=torch_dtype)
-                tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+                config = SparsearchConfig.from_dict(cfg)
+                model = SparsearchForCausalLM.from_pretrained(path, config=config, dtype=torch_dtype)
+                # given the config, AutoTokenizer does not read config.json (whose auto_map would ask for remote code)
+                tokenizer = AutoTokenizer.from_pretrained(path, config=config, trust_remote_code=False)
             else:
                 model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype,
                                                              trust_remote_code=trust_remote_code)

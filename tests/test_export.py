@@ -1,4 +1,5 @@
 import copy
+import logging
 import os
 import stat
 
@@ -7,7 +8,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
-from conftest import ARCHS, tiny_model
+from conftest import ARCHS, tiny_model, tiny_tokenizer
 from sparsearch.search.errors import SparsearchError
 from sparsearch.supernet import Stitcher, SupernetConfig, build_supernet
 from sparsearch.supernet.export import export
@@ -103,6 +104,8 @@ def test_export_and_atomic_files_get_the_umask_modes_not_private_ones(candidate,
 
 
 def test_servable_genomes_export_the_nemotron_nas_schema(tmp_path):
+    from sparsearch.supernet.models import load_model
+
     import json
 
     import dataclasses
@@ -117,9 +120,21 @@ def test_servable_genomes_export_the_nemotron_nas_schema(tmp_path):
     store = build_supernet(model, tokens, str(tmp_path / "sn"),
                            dataclasses.replace(cfg, store_dtype="float32", batch_size=3), progress=False)
     Stitcher(model, store).apply((0, 1, 1, 2, 0, 0))
-    out = export(model, None, tmp_path / "export")
+    out = export(model, tiny_tokenizer(), tmp_path / "export")
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "nemotron-nas" and config["architectures"] == ["DeciLMForCausalLM"]
+    # loads name the config class of that model type (no model-type mismatch warning), and
+    # sparsearch's own load reads the tokenizer without asking to run the folder's code
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
+        load_model(str(out))
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+    assert not [r.getMessage() for r in records if "model of type" in r.getMessage()]
     blocks = config["block_configs"]
     assert [b["attention"]["no_op"] for b in blocks] == [False, True, False]
     assert [b["ffn"]["ffn_mult"] for b in blocks] == [6.0, None, 12.0]  # 256 and 512 channels at hidden 64
