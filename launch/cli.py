@@ -375,6 +375,10 @@ def cmd_run(o: Resolved) -> int:
 
     started = time.perf_counter()
     search_config(o, lambda _: None), o.config(SupernetConfig), calibration_config(o)
+    if o.heal_tokens:
+        from sparsearch.launch.heal import HealConfig
+
+        HealConfig(tokens=o.heal_tokens)  # validated before the search, not after it
     o.config(FitnessConfig), o.config(HeldoutConfig), o.config(ClusterConfig)
     calib = calibration_config(o)
     _check_files(calib.location if calib.source == "text" else None, o.eval_text)

@@ -187,6 +187,7 @@ def heal(run_dir: str | Path, out: str | Path, cfg: HealConfig, calib: Calibrati
     """
     import dataclasses
 
+    from sparsearch.launch.pipeline import require_fits
     from sparsearch.launch.report import SUMMARY, healed_card
     from sparsearch.supernet.export import save_export
     from sparsearch.supernet.fingerprint import model_fingerprint
@@ -226,6 +227,7 @@ def heal(run_dir: str | Path, out: str | Path, cfg: HealConfig, calib: Calibrati
     store.check_files()
     model, tokenizer = load(summary["model"])
     store.check_model(model_fingerprint(model))
+    require_fits(model, seqlens={"seqlen": cfg.seqlen})
     eval_windows = heldout_windows(heldout, tokenizer) if heldout is not None else None
     atomic_write_json(heal_dir / "settings.json", settings)
 

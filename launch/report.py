@@ -126,7 +126,9 @@ def model_card(summary: dict[str, Any], genome: list[int], per_layer: list[dict[
         lines.append(f"- Held-out perplexity ({summary['heldout'].get('data')}): {ppl:.2f}")
     lines += [
         "",
-        "Load with `AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)`.",
+        "Load with `AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)` (the folder's",
+        "`modeling_sparsearch.py`: transformers has no class for per-layer shapes), and the tokenizer",
+        "with `PreTrainedTokenizerFast.from_pretrained(path)` (no remote code).",
         "",
         "| layer | attention heads | MLP channels |",
         "|---|---|---|",

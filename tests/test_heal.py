@@ -185,3 +185,10 @@ def test_run_heals_its_export_with_heal_tokens(searched, capsys, tmp_path):
     assert healed["export"] == str(run / "export-healed") and (run / "export-healed" / "model.safetensors").is_file()
     # the held-out perplexity before healing is the plain export's, which the run measured on the same windows
     assert healed["perplexity"]["before"] == pytest.approx(json.loads((run / "summary.json").read_text())["heldout"]["perplexity"], rel=1e-5)
+
+
+def test_heal_refuses_sequences_beyond_the_models_positions(searched, capsys, tmp_path):
+    run = _fresh_run(searched, tmp_path)
+    assert main(["heal", "--run-dir", str(run), "--seqlen", "4096", "--tokens", "4096", "--quiet"]) == 2
+    assert "seqlen 4096 is beyond the model's 128 positions" in capsys.readouterr().err
+    assert not (run / "export-healed").exists()

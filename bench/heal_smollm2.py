@@ -1,0 +1,92 @@
+"""Healing benchmark on the default model (SmolLM2-135M): a run's pruned model healed by
+``sparsearch heal`` (distillation from the dense model on the calibration text) with LoRA and
+full-parameter training at several token counts; WikiText-2 test perplexity and wall time of
+each. Prints one JSON object (also written to OUT/heal.json).
+
+    python bench/heal_smollm2.py --run-dir bench/out/end_to_end_v2/0.5/evolution+knapsack \\
+        [--tokens 0,50000,200000,1000000] [--methods lora,full] [--eval-tokens 32768]
+
+Each (method, tokens) heals a copy of the run's summary under OUT, so the run itself is not
+touched; a finished one (its ``heal.json`` exists) is reused, an interrupted one resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--run-dir", required=True, help="a finished search run of smollm2-135m")
+    p.add_argument("--tokens", default="0,50000,200000,1000000")
+    p.add_argument("--methods", default="lora,full")
+    p.add_argument("--lora-lr", type=float, default=1e-3)
+    p.add_argument("--full-lr", type=float, default=1e-4)
+    p.add_argument("--seqlen", type=int, default=512)
+    p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
+    p.add_argument("--eval-tokens", type=int, default=32768)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=str(ROOT / "bench" / "out" / "heal"))
+    args = p.parse_args()
+
+    import torch
+
+    from sparsearch.fitness.data import CalibrationConfig
+    from sparsearch.launch.heal import HEAL_SUMMARY, HealConfig, heal
+    from sparsearch.launch.heldout import HeldoutConfig
+    from sparsearch.supernet.models import load_model
+
+    torch.set_num_threads(args.threads)
+    data = Path(args.data_dir)
+    calib = CalibrationConfig(source="text", location=str(data / "calibration" / "python-docs.txt"))
+    heldout = HeldoutConfig(text=str(data / "wikitext-2-raw" / "wiki.test.raw"), seqlen=512, tokens=args.eval_tokens)
+    summary = json.loads((Path(args.run_dir) / "summary.json").read_text())
+    rows = []
+    for method in args.methods.split(","):
+        for tokens in [int(t) for t in args.tokens.split(",")]:
+            if tokens == 0 and rows and rows[0]["tokens"] == 0:
+                continue  # the unhealed model is the same for every method
+            run = Path(args.out) / (f"{method}-{tokens}" if tokens else "unhealed")
+            if not (run / HEAL_SUMMARY).is_file():
+                log(f"{method}, {tokens:,} tokens")
+                run.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(Path(args.run_dir) / "summary.json", run / "summary.json")
+                cfg = HealConfig(tokens=tokens, seqlen=args.seqlen, full=method == "full",
+                                 lr=args.full_lr if method == "full" else args.lora_lr)
+                shutil.rmtree(run / "export-healed", ignore_errors=True)
+                heal(run, run / "export-healed", cfg, calib, load=load_model, heldout=heldout,
+                     resume=(run / "heal").is_dir(), progress=True, log=log)
+                shutil.rmtree(run / "export-healed")  # only the numbers are kept
+            done = json.loads((run / HEAL_SUMMARY).read_text())
+            rows.append({"method": method if tokens else "none", "tokens": done["tokens"],
+                         "lr": done["settings"]["heal"]["lr"] if tokens else None,
+                         "wikitext2_ppl": round(done["perplexity"]["after"], 2),
+                         "distill_loss": [round(done["loss"]["first"], 4), round(done["loss"]["last"], 4)]
+                         if tokens else None,
+                         "train_s": done["train_seconds"], "wall_s": done["wall_time_s"]})
+            log(json.dumps(rows[-1]))
+    unhealed = next((r["wikitext2_ppl"] for r in rows if r["tokens"] == 0), None)
+    report = {"model": summary["model"], "run_dir": str(Path(args.run_dir).absolute()), "engine": summary["engine"],
+              "sparsity": round(summary["sparsity"], 4), "calibration": calib.location, "seqlen": args.seqlen,
+              "eval_tokens": args.eval_tokens, "threads": args.threads, "results": rows,
+              "ppl_over_unhealed": {f"{r['method']}-{r['tokens']}": round(r["wikitext2_ppl"] / unhealed, 3)
+                                    for r in rows if unhealed and r["tokens"]}}
+    text = json.dumps(report, indent=1)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "heal.json").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
