@@ -20,10 +20,9 @@ which float32 turns into noise once a sharp student's rest mass falls below abou
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 Tensor = torch.Tensor
 
@@ -38,10 +37,10 @@ class TeacherCache:
 
     @classmethod
     @torch.no_grad()
-    def compute(cls, model, tokens: Tensor, k: int = 64, batch_size: int = 4) -> "TeacherCache":
+    def compute(cls, model, tokens: Tensor, k: int = 64, batch_size: int = 4, progress: bool = False) -> "TeacherCache":
         device = next(model.parameters()).device
         parts = []
-        for start in range(0, tokens.shape[0], batch_size):
+        for start in tqdm(range(0, tokens.shape[0], batch_size), desc="teacher logits", disable=not progress):
             ids = tokens[start : start + batch_size]
             parts.append(cls.from_logits(ids, model(input_ids=ids.to(device), use_cache=False).logits, k))
         return cls(*(torch.cat([getattr(p, f) for p in parts]) for f in cls.__dataclass_fields__))
@@ -58,14 +57,13 @@ class TeacherCache:
     def k(self) -> int:
         return self.top_logits.shape[-1]
 
-    def save(self, path: str | Path) -> None:
-        save_file({"tokens": self.tokens, "top_logits": self.top_logits, "top_index": self.top_index,
-                   "lse": self.lse, "rest_lse": self.rest_lse}, str(path))
+    def tensors(self) -> dict[str, Tensor]:
+        """The cache as named tensors (for safetensors)."""
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
 
     @classmethod
-    def load(cls, path: str | Path) -> "TeacherCache":
-        t = load_file(str(path))
-        return cls(t["tokens"], t["top_logits"], t["top_index"], t["lse"], t["rest_lse"])
+    def from_tensors(cls, t: dict[str, Tensor]) -> "TeacherCache":
+        return cls(**{f: t[f] for f in cls.__dataclass_fields__})
 
     def kl(self, rows: slice | Tensor, student_logits: Tensor) -> Tensor:
         """Per-position top-k KL(teacher || student) for the cached sequences ``rows`` (a slice or

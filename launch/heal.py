@@ -150,18 +150,15 @@ def _training_data(path: Path, cfg: HealConfig, calib: CalibrationConfig, model,
     """The training tokens (and the top-k teacher cache), read back on resume."""
     if resume and path.is_file():
         t = load_file(str(path))
-        cache = TeacherCache(t["tokens"], t["top_logits"], t["top_index"], t["lse"], t["rest_lse"]) \
-            if "top_logits" in t else None
-        return t["tokens"], cache
+        return t["tokens"], (TeacherCache.from_tensors(t) if "top_logits" in t else None)
     log(f"heal data: {cfg.sequences} x {cfg.seqlen} tokens from {calib.source}"
         + (f" ({calib.location})" if calib.location else ""))
     tokens = calibration_tokens(calib, model, tokenizer, progress=progress)
     cache = None
     if cfg.teacher_topk:
         log(f"teacher: top-{cfg.teacher_topk} logits of the dense model on {tokens.numel():,} tokens")
-        cache = TeacherCache.compute(model, tokens, k=cfg.teacher_topk, batch_size=cfg.batch_size)
-        atomic_write(path, st_save({"tokens": tokens, "top_logits": cache.top_logits, "top_index": cache.top_index,
-                                    "lse": cache.lse, "rest_lse": cache.rest_lse}))
+        cache = TeacherCache.compute(model, tokens, k=cfg.teacher_topk, batch_size=cfg.batch_size, progress=progress)
+        atomic_write(path, st_save(cache.tensors()))
     else:
         atomic_write(path, st_save({"tokens": tokens}))
     return tokens, cache
