@@ -307,7 +307,8 @@ def _search_and_report(o: Resolved, model, tokenizer, store, started: float, *, 
             import shutil
 
             shutil.rmtree(healed)
-        result = heal(run_dir, healed, HealConfig(tokens=o.heal_tokens), calibration_config(o),
+        calib = calibration_config(o)  # heal sequences as long as the calibration's (checked against the model)
+        result = heal(run_dir, healed, HealConfig(tokens=o.heal_tokens, seqlen=calib.seqlen), calib,
                       load=lambda spec: (model, tokenizer), dtype=o.dtype, seed=o.seed, resume=o.resume,
                       heldout=heldout, eval_batch_size=fitness.batch_size, progress=not o.quiet, log=_log(o))
         _log(o)(f"healed export: {result.summary['export']}")
@@ -362,7 +363,8 @@ def _run_command_options(o: Options) -> None:
     o.add("--supernet", metavar="DIR", help="supernet directory (default: R/supernet)")
     o.add("--no-export", action="store_true", default=False, help="do not export the best model to R/export")
     o.add("--heal-tokens", type=int, default=0, metavar="N",
-          help="then heal the export by distillation on N tokens (sparsearch heal's defaults) into R/export-healed")
+          help="then heal the export by distillation on N tokens of the calibration source, in sequences of "
+               "--calib-seqlen (otherwise sparsearch heal's defaults), into R/export-healed")
     _search_options(o)
     _calibration_options(o)
     o.add_settings(SupernetConfig, group=o.parser.add_argument_group("supernet"))
@@ -378,7 +380,7 @@ def cmd_run(o: Resolved) -> int:
     if o.heal_tokens:
         from sparsearch.launch.heal import HealConfig
 
-        HealConfig(tokens=o.heal_tokens)  # validated before the search, not after it
+        HealConfig(tokens=o.heal_tokens, seqlen=calibration_config(o).seqlen)  # validated before the search
     o.config(FitnessConfig), o.config(HeldoutConfig), o.config(ClusterConfig)
     calib = calibration_config(o)
     _check_files(calib.location if calib.source == "text" else None, o.eval_text)

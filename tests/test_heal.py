@@ -181,7 +181,7 @@ def test_run_heals_its_export_with_heal_tokens(searched, capsys, tmp_path):
                  "--target-sparsity", "0.5", "--generations", "1", "--schedule", "4:64,1:128",
                  "--heal-tokens", "512", "--eval-text", text, "--eval-seqlen", "32", "--quiet"]) == 0
     healed = json.loads((run / "heal.json").read_text())
-    assert healed["settings"]["heal"]["tokens"] == 512 and healed["settings"]["calibration"]["location"] == text
+    assert healed["settings"]["heal"]["tokens"] == 512 and healed["settings"]["heal"]["seqlen"] == 32 and healed["settings"]["calibration"]["location"] == text
     assert healed["export"] == str(run / "export-healed") and (run / "export-healed" / "model.safetensors").is_file()
     # the held-out perplexity before healing is the plain export's, which the run measured on the same windows
     assert healed["perplexity"]["before"] == pytest.approx(json.loads((run / "summary.json").read_text())["heldout"]["perplexity"], rel=1e-5)
