@@ -167,6 +167,9 @@ class TyrRounds:
         self.store, self.fitness = store, fitness
         self.built = [store]  # supernets whose identical variant files later rounds hard-link
         self.run_dir, self.progress, self.log = run_dir, progress, log
+        if supernet_cfg.servable:
+            raise SparsearchError("tyr refines every unit's ladder, attention's included; a servable supernet keeps "
+                                  "attention whole or removed: search it with another engine")
         self.tokens = store.calibration()
         if self.tokens is None:
             raise SparsearchError(f"supernet at {store.path} keeps no calibration tokens; rebuild it for tyr")

@@ -88,7 +88,9 @@ class Level:
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """Units with their levels; the exact parameter cost of a genome is a sum over units."""
+    """Units with their levels; the exact parameter cost of a genome is a sum over units. A unit
+    has its dense level 0 and, in order of sparsity, pruned levels down to removed; a unit with only
+    level 0 is kept dense by every genome (:meth:`keep_dense`)."""
 
     units: tuple[Unit, ...]
     levels: tuple[tuple[Level, ...], ...]
@@ -97,10 +99,10 @@ class SearchSpace:
         if len(self.units) != len(self.levels):
             raise ValueError("one tuple of levels per unit is required")
         for unit, lv in zip(self.units, self.levels):
-            if len(lv) < 2:
-                raise ValueError(f"unit {unit.name} has fewer than two levels")
-            if lv[0].sparsity != 0.0 or lv[-1].params != 0:
-                raise ValueError(f"unit {unit.name}: level 0 must be dense and the last level removed")
+            if not lv or lv[0].sparsity != 0.0:
+                raise ValueError(f"unit {unit.name}: level 0 must be dense")
+            if len(lv) > 1 and lv[-1].params != 0:  # one level: a unit every genome keeps dense
+                raise ValueError(f"unit {unit.name}: the last level must be removed")
 
     @classmethod
     def from_manifest(cls, manifest: Mapping[str, Any]) -> "SearchSpace":
@@ -110,6 +112,16 @@ class SearchSpace:
             levels.append(tuple(Level(l["sparsity"], int(l["params"]), dict(l["kept"])) for l in entry["levels"]))
         order = sorted(range(len(units)), key=lambda i: (units[i].layer, UNIT_KINDS.index(units[i].kind)))
         return cls(tuple(units[i] for i in order), tuple(levels[i] for i in order))
+
+    def keep_dense(self, names: Sequence[str]) -> "SearchSpace":
+        """This space with the units ``names`` offered only at their dense level (level 0 keeps
+        its index, so genomes still index the supernet's levels)."""
+        known = {u.name for u in self.units}
+        unknown = sorted(set(names) - known)
+        if unknown:
+            raise SparsearchError(f"no units {', '.join(unknown)} in the space")
+        return SearchSpace(self.units, tuple(lv[:1] if u.name in names else lv
+                                             for u, lv in zip(self.units, self.levels)))
 
     # -- costs -----------------------------------------------------------------------------
     @property

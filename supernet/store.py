@@ -39,6 +39,9 @@ CALIBRATION = "calibration.safetensors"
 VERIFIED = "verified.json"
 
 
+FIRST_ATTENTION = "L000.attn"
+
+
 class SupernetStore:
     """A supernet directory: read by stitching and search, written by the builder."""
 
@@ -208,7 +211,11 @@ class SupernetStore:
         ]
 
     def space(self) -> SearchSpace:
-        return SearchSpace.from_manifest(self.manifest)
+        """The search space of the stored levels. A ``servable`` supernet keeps the first layer's
+        attention: vLLM's DeciLM cannot run a model whose first non-empty layer has no attention
+        (:mod:`~sparsearch.supernet.nemotron_nas`), and a kept first attention rules that out."""
+        space = SearchSpace.from_manifest(self.manifest)
+        return space.keep_dense([FIRST_ATTENTION]) if self.manifest["config"].get("servable") else space
 
     def verify(self) -> None:
         """Check every stored file against its SHA-256."""

@@ -189,3 +189,23 @@ def test_tyr_final_round_is_finer_and_no_worse(tmp_path):
     for lv in engine.space.levels:  # the last round's ladders: 0, nine levels 1/32 apart, 1
         inner = [l.sparsity for l in lv[1:-1]]
         assert {round(b - a, 8) for a, b in zip(inner, inner[1:])} <= {0.03125}
+
+
+@pytest.mark.parametrize("name", [n for n in ENGINES if n != "tyr"] + ["knapsack"])
+def test_a_unit_kept_dense_is_never_pruned(name, tmp_path):
+    """A servable supernet offers its first attention only dense: every engine keeps it."""
+    from sparsearch.search.knapsack import KnapsackAllocation, KnapsackConfig
+
+    space = synthetic_space().keep_dense(["L000.attn"])
+    assert [len(lv) for lv in space.levels[:2]] == [1, 9] and space.uniform(0.5)[0] == 0
+    cls, cfg = ENGINES[name] if name in ENGINES else (KnapsackAllocation, KnapsackConfig())
+    engine = cls(space, _make_budget(space), SyntheticFitness(space), cfg, run_dir=str(tmp_path), seed=0, log=None)
+    result = engine.run()
+    assert engine.budget.feasible(result.best_genome)
+    genomes = [r["genome"] for r in engine.files.evaluations()]
+    assert len(genomes) > 1 and all(g[0] == 0 for g in genomes)
+
+
+def test_keep_dense_refuses_unknown_units():
+    with pytest.raises(SparsearchError, match="no units L099.attn"):
+        synthetic_space().keep_dense(["L099.attn"])

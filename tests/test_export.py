@@ -111,14 +111,21 @@ def test_servable_genomes_export_the_nemotron_nas_schema(tmp_path):
     import dataclasses
 
     from sparsearch.launch.cli import parse_args
+    from sparsearch.launch.pipeline import TyrRounds
 
     _, o = parse_args(["supernet", "--out", "x", "--servable", "--mlp-ladder", "0,0.5,1"])
     cfg = o.config(SupernetConfig)
     assert cfg.attn_ladder.sparsities == (0.0, 1.0) and cfg.mlp_alignment == 256 and cfg.balanced_heads
     model = tiny_model("llama", layers=3, hidden_size=64, intermediate_size=512, head_dim=16)
     tokens = torch.randint(0, 128, (6, 24), generator=torch.Generator().manual_seed(0))
-    store = build_supernet(model, tokens, str(tmp_path / "sn"),
-                           dataclasses.replace(cfg, store_dtype="float32", batch_size=3), progress=False)
+    store_cfg = dataclasses.replace(cfg, store_dtype="float32", batch_size=3)
+    store = build_supernet(model, tokens, str(tmp_path / "sn"), store_cfg, progress=False)
+    # the first attention is offered only dense (vLLM's DeciLM needs attention in the first non-empty layer)
+    assert [len(lv) for lv in store.space().levels] == [1, 3, 2, 3, 2, 3]
+    with pytest.raises(SparsearchError, match="outside its ladder"):
+        Stitcher(copy.deepcopy(model), store).apply((1, 0, 0, 0, 0, 0))
+    with pytest.raises(SparsearchError, match="tyr refines"):  # Týr's finer attention ladders are not servable
+        TyrRounds(None, store, store_cfg, None, None, tmp_path, progress=False, log=print)
     Stitcher(model, store).apply((0, 1, 1, 2, 0, 0))
     out = export(model, tiny_tokenizer(), tmp_path / "export")
     config = json.loads((out / "config.json").read_text())
