@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from sparsearch.search.config import require, require_choice, setting
 from sparsearch.search.errors import SparsearchError, SparsearchWarning, first_line
+from sparsearch.supernet.modules import cache_keyword
 
 SOURCES = ("self", "text", "dataset")
 _LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -169,6 +170,7 @@ def sample_from_model(
     special = set(tokenizer.all_special_ids)
     vocab = model.get_output_embeddings().weight.shape[0]
     allowed = torch.tensor([i for i in range(min(vocab, len(tokenizer))) if i not in special], device=device)
+    keyword = cache_keyword(model)
     out = []
     bar = tqdm(total=samples * seqlen, desc="sampling calibration", unit="tok", disable=not progress)
     for start in range(0, samples, batch_size):
@@ -176,7 +178,7 @@ def sample_from_model(
         seq = allowed[torch.randint(0, len(allowed), (b, 1), generator=g, device=device)]
         past, step_in = None, seq
         while seq.shape[1] < seqlen:
-            res = model(input_ids=step_in, past_key_values=past, use_cache=True)
+            res = model(input_ids=step_in, use_cache=True, **({} if past is None else {keyword: past}))
             past = res.past_key_values
             logits = res.logits[:, -1, :].float()
             if special:

@@ -181,7 +181,9 @@ class SparsearchModel(SparsearchPreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, use_cache=None, **kwargs):
+                inputs_embeds=None, use_cache=None, cache=None, **kwargs):
+        # transformers >= 5.24 passes the KV cache as ``cache``, earlier releases as ``past_key_values``
+        past_key_values = cache if cache is not None else past_key_values
         h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache()
@@ -207,7 +209,8 @@ class SparsearchForCausalLM(SparsearchPreTrainedModel, GenerationMixin):
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0, **kwargs):
+                inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0, cache=None, **kwargs):
+        past_key_values = cache if cache is not None else past_key_values
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                          past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache)
         h = out.last_hidden_state

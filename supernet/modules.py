@@ -9,6 +9,7 @@ from the dense block here; without a stored output projection (no refit) its kep
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Mapping
 
 import torch
@@ -16,6 +17,17 @@ import torch.nn.functional as F
 from torch import nn
 
 Tensor = torch.Tensor
+
+
+def _cache(past_key_values, kwargs: dict):
+    """The KV cache a block was given: ``cache=`` (transformers >= 5.24) or ``past_key_values=``."""
+    cache = kwargs.pop("cache", None)
+    return cache if cache is not None else past_key_values
+
+
+def cache_keyword(block: nn.Module) -> str:
+    """The keyword under which ``block.forward`` takes the KV cache in the installed transformers."""
+    return "cache" if "cache" in inspect.signature(block.forward).parameters else "past_key_values"
 
 
 def _linear(weight: Tensor, bias: Tensor | None, like: nn.Linear) -> nn.Linear:
@@ -88,6 +100,7 @@ class PrunedAttention(nn.Module):
         q, k = q.transpose(1, 2), k.transpose(1, 2)
         cos, sin = position_embeddings
         q, k = self._rotary(q, k, cos, sin)
+        past_key_values = _cache(past_key_values, kwargs)
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)
         k = k.index_select(1, self.kv_index)
@@ -135,6 +148,7 @@ class StitchedLayer(nn.Module):
         # the original blocks, outside the module tree (not in state_dict), to restore level 0
         self.__dict__["dense_blocks"] = {"attn": layer.self_attn, "mlp": layer.mlp}
         self.cache_index = getattr(layer.self_attn, "layer_idx", None)
+        self.cache_keyword = cache_keyword(layer.self_attn)  # pruned blocks take either keyword
         for name in ("attention_type", "layer_idx"):
             if hasattr(layer, name):
                 setattr(self, name, getattr(layer, name))
@@ -149,14 +163,15 @@ class StitchedLayer(nn.Module):
         position_embeddings: tuple[Tensor, Tensor] | None = None,
         **kwargs,
     ) -> Tensor:
+        past_key_values = _cache(past_key_values, kwargs)
         if self.self_attn is not None:
             attn_out, _ = self.self_attn(
                 hidden_states=self.input_layernorm(hidden_states),
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
                 use_cache=use_cache,
                 position_embeddings=position_embeddings,
+                **{self.cache_keyword: past_key_values},
                 **kwargs,
             )
             hidden_states = hidden_states + attn_out

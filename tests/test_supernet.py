@@ -10,7 +10,7 @@ from sparsearch.search.errors import SparsearchError
 from sparsearch.search.space import Unit
 from sparsearch.supernet import Stitcher, SupernetConfig, SupernetStore, build_supernet
 from sparsearch.supernet.adapters import DecoderAdapter
-from sparsearch.supernet.modules import PrunedAttention, PrunedMLP
+from sparsearch.supernet.modules import PrunedAttention, PrunedMLP, cache_keyword
 from sparsearch.supernet.store import MANIFEST
 
 CFG = SupernetConfig(batch_size=4, mlp_alignment=8, store_dtype="float32")
@@ -97,7 +97,7 @@ def test_cached_decoding_equals_full_forward_with_attention_removed(built, remov
         # as a decoding loop calls the model: new tokens and the cache, positions from the cache
         seq, past, step_in, steps = prompt, None, prompt, []
         for _ in range(8):
-            res = model(input_ids=step_in, past_key_values=past, use_cache=True)
+            res = model(input_ids=step_in, use_cache=True, **({} if past is None else {cache_keyword(model): past}))
             past, logits = res.past_key_values, res.logits[:, -1]
             steps.append(logits)
             step_in = logits.argmax(-1, keepdim=True)
