@@ -16,6 +16,7 @@ from sparsearch.supernet.adapters import DecoderAdapter
 from sparsearch.supernet.capture import InputHessian, capture_inputs, run_attention, run_mlp
 from sparsearch.supernet.config import SupernetConfig
 from sparsearch.supernet.fingerprint import model_fingerprint, tokens_fingerprint
+from sparsearch.supernet.memory import release_file_pages
 from sparsearch.supernet.modules import PrunedAttention, PrunedMLP
 from sparsearch.supernet.store import SupernetStore
 from sparsearch.supernet.variants import Variant, attention_variants, cast_variants, mlp_variants
@@ -58,7 +59,8 @@ def build_supernet(
     """Build (or resume) the supernet of ``model`` on calibration ``tokens`` (N x T) into ``out``.
 
     Memory holds one copy of the calibration hidden states (advanced in place, one batch at a
-    time) and one unit's Hessian and variants. A unit already in the
+    time), one unit's Hessian and variants, and, when the weights are memory-mapped, one layer's
+    weights (each layer's pages are released once it is done). A unit already in the
     store is not pruned again: its stored variants are replayed to carry the activations forward.
     ``record_inputs``, when given, receives every layer's input hidden states (for inspection).
     ``share``: earlier supernets of the model whose identical variant files are hard-linked.
@@ -71,6 +73,7 @@ def build_supernet(
         store.write_calibration(tokens)
     started = time.perf_counter()
     inputs = capture_inputs(adapter, tokens, cfg.batch_size)
+    release_file_pages(model.parameters())  # capturing ran every layer once; each is re-read when built
     hidden = inputs.hidden
     kv_heads = adapter.shape.num_kv_heads
     bar = tqdm(range(adapter.shape.num_layers), desc="supernet", unit="layer", disable=not progress)
@@ -104,6 +107,7 @@ def build_supernet(
             make_module=lambda v: PrunedMLP(v.tensors, mlp),
             cfg=cfg,
         )
+        release_file_pages(layer.parameters())
         bar.set_postfix(stored=f"{store.size_bytes / 2**20:.0f}MiB")
     if not store.manifest.get("complete"):
         store.finish(build_seconds=round(time.perf_counter() - started, 2))

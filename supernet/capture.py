@@ -1,8 +1,9 @@
 """Calibration capture, one decoder layer at a time.
 
-:func:`capture_inputs` runs the embedding only (the forward is stopped at layer 0) and records,
-for every calibration batch, the hidden states entering layer 0, plus per layer the keyword
-arguments the model passes to it (attention mask, rotary position embeddings). Blocks of a layer
+:func:`capture_inputs` records, for every calibration batch, the hidden states entering layer 0
+(the forward is stopped there), plus per layer the keyword arguments the model passes to it
+(attention mask, rotary position embeddings; the first batch runs on to the last layer for them,
+releasing each layer's memory-mapped weights behind it). Blocks of a layer
 are then run directly (:func:`run_attention`, :func:`run_mlp`), and :class:`InputHessian`
 accumulates ``X^T X`` of a linear layer's input while they run.
 """
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from sparsearch.supernet.adapters import DecoderAdapter
+from sparsearch.supernet.memory import release_file_pages
 
 Tensor = torch.Tensor
 _KEEP = ("attention_mask", "position_embeddings", "position_ids")
@@ -52,6 +54,8 @@ def capture_inputs(adapter: DecoderAdapter, tokens: Tensor, batch_size: int) -> 
         def hook(_mod, args, kwargs):
             if layer_kwargs[i] is None:
                 layer_kwargs[i] = {k: kwargs[k] for k in _KEEP if k in kwargs}
+                if i > 0:  # the first batch has passed layer i - 1, which is built later
+                    release_file_pages(layers[i - 1].parameters())
             if i == 0:
                 hidden.append(args[0] if args else kwargs["hidden_states"])
             if i == len(layers) - 1 or len(hidden) > 1:
