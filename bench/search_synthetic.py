@@ -120,8 +120,9 @@ def run(name: str, problem: Problem, seed: int, max_evals: int, run_dir: Path) -
         blocks = 5 if name.endswith("blocks") else 0
         gens = max_evals // 24 - 1 if not blocks else max_evals // (24 * blocks) - 1
         engine = NSGA2Engine(space, budget, fit, NSGA2Config(population=24, generations=gens, blocks=blocks), **kw)
-    elif name == "tpe":
-        engine = TPEEngine(space, budget, fit, TPEConfig(trials=max_evals, startup_trials=20), **kw)
+    elif name in ("tpe", "tpe-repair"):  # budget mode shift (the default) or repair
+        mode = "repair" if name == "tpe-repair" else "shift"
+        engine = TPEEngine(space, budget, fit, TPEConfig(trials=max_evals, startup_trials=20, budget_mode=mode), **kw)
     elif name == "tyr":
         def rebuild(round_index, ladders):
             sp = problem.space(ladders)

@@ -1,20 +1,28 @@
-"""Optuna TPE over per-unit levels, driven by ask/tell on the driver.
+"""Optuna TPE over per-unit pruning, driven by ask/tell on the driver.
 
-One integer parameter per unit (its level; levels are ordered by sparsity). The study lives in
-Optuna storage: a journal file in the run directory by default (``optuna.log``), or any Optuna
-RDB URL (sqlite, PostgreSQL); ``resume`` continues the same study. Step 0 adds the start genome
-(uniform, or a given one) as the study's first trial.
+One parameter per unit (see the budget modes below). The study lives in Optuna storage: a
+journal file in the run directory by default (``optuna.log``), or any Optuna RDB URL (sqlite,
+PostgreSQL); ``resume`` continues the same study.
 
 Budget handling (``budget_mode``):
 
-- ``repair`` (default): the sampled genome is repaired into the budget band and the repaired
-  genome is scored. The study is told what was scored: the repaired genome is added as a complete
-  trial with its score (the sampled trial, if it differs, is marked failed, which TPE ignores), so
-  TPE models the genomes that meet the budget. In tens of dimensions almost no independently
-  sampled genome lands in a 1% cost band, so a pure constraint would waste most trials.
-- ``constraint``: both sides of the band are Optuna constraints (``trial.set_constraint``); a
-  genome outside the band is told a penalty without being scored, and TPE learns the feasible
-  region from the violations (cheap trials, for loose budgets).
+- ``shift`` (default): the parameters are one preferred sparsity in [0, 1] per unit, and the
+  scored genome is the deterministic, budget-spending map of :mod:`sparsearch.search.preference`
+  (every unit at the level nearest its preference plus one common shift). Every sampled point is
+  a genome in the band, and the study is told the very point it sampled, so TPE models exactly
+  what was scored; it learns which units to make sparser than others, the budget sets the level.
+- ``repair``: one integer parameter per unit (its level); the sampled genome is repaired into the
+  band by random single-level moves and the repaired genome is scored. The study is told what was
+  scored: the repaired genome is added as a complete trial with its score (the sampled trial, if it
+  differs, is marked failed, which TPE ignores). In tens of dimensions almost no independently
+  sampled genome lands in a 1% cost band, so the repair moves many units at random and TPE learns
+  slowly (``bench/search_synthetic.py``).
+- ``constraint``: integer levels; both sides of the band are Optuna constraints
+  (``trial.set_constraint``); a genome outside the band is told a penalty without being scored,
+  and TPE learns the feasible region from the violations (cheap trials, for loose budgets).
+
+Step 0 scores the start genome (repaired into the band unless ``constraint``), told as a trial
+whose parameters are that genome (its levels, or in ``shift`` its levels' sparsities).
 
 Trials are scored on fitness stage ``stage`` (default 0, the cheapest). At the end, the
 ``finalists`` best distinct feasible trials are scored again on the schedule's final stage and the
@@ -35,16 +43,17 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.distributions import IntDistribution
+from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
 from sparsearch.search.config import require, require_choice, setting
 from sparsearch.search.engine import Engine
 from sparsearch.search.errors import ConfigError, SparsearchError, first_line
+from sparsearch.search.preference import genome_of_preferences, preferences_of
 from sparsearch.search.space import Genome
 
-BUDGET_MODES = ("repair", "constraint")
+BUDGET_MODES = ("shift", "repair", "constraint")
 JOURNAL = "optuna.log"
 
 
@@ -54,7 +63,7 @@ class TPEConfig:
     storage: str | None = setting(None, "TPE: Optuna storage URL (default: a journal file in the run directory)",
                                   metavar="URL")
     study_name: str = setting("sparsearch", "TPE study name")
-    budget_mode: str = setting("repair", "TPE budget handling", choices=BUDGET_MODES)
+    budget_mode: str = setting("shift", "TPE budget handling", choices=BUDGET_MODES)
     stage: int = setting(0, "fitness stage that scores each trial or individual")
     startup_trials: int = setting(10, "TPE random trials before the model")
     penalty: float = setting(1e6, "TPE value told for a genome outside the budget", cli=False)
@@ -121,8 +130,22 @@ class TPEEngine(Engine):
             raise SparsearchError(f"cannot open the Optuna storage {self.config.storage}: {first_line(e)}") from None
 
     @property
-    def _distributions(self) -> dict[str, IntDistribution]:
+    def _distributions(self) -> dict[str, BaseDistribution]:
+        if self.config.budget_mode == "shift":
+            return {u.name: FloatDistribution(0.0, 1.0) for u in self.space.units}
         return {u.name: IntDistribution(0, len(lv) - 1) for u, lv in zip(self.space.units, self.space.levels)}
+
+    def _genome(self, sampled: tuple, *, start: bool) -> Genome:
+        """The genome scored for the ``sampled`` parameters (or, at step 0, the start genome)."""
+        mode = self.config.budget_mode
+        if mode == "constraint":
+            return sampled
+        if mode == "shift" and not start:
+            genome = genome_of_preferences(self.space, self.budget, sampled)
+            if self.budget.feasible(genome):
+                return genome
+            sampled = genome  # outside the band (a non-monotone cost table): repaired below
+        return self.budget.repair(sampled, self.rng)
 
     def initialize(self) -> None:
         self._open(fresh=True)
@@ -147,8 +170,7 @@ class TPEEngine(Engine):
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             self.study.tell(t.number, state=TrialState.FAIL)  # left by a killed driver: asked again below
         if told:  # scored and told before a kill, not yet checkpointed: replay it
-            sampled = tuple(told[0].user_attrs["sampled"])
-            genome = self.budget.repair(sampled, self.rng) if self.config.budget_mode == "repair" else sampled
+            genome = self._genome(tuple(told[0].user_attrs["sampled"]), start=self.step_index == 0)
             return self._record(genome, told[0].value)
         if self.step_index == 0:  # the start genome, scored as the first trial
             sampled, trial = self.start_genome(), None
@@ -159,25 +181,29 @@ class TPEEngine(Engine):
             )
             trial = self.study.ask()
             trial.set_user_attr("step", self.step_index)
-            sampled = tuple(trial.suggest_int(u.name, 0, len(lv) - 1)
-                            for u, lv in zip(self.space.units, self.space.levels))
-        repair = self.config.budget_mode == "repair"
-        genome = self.budget.repair(sampled, self.rng) if repair else sampled
+            if self.config.budget_mode == "shift":
+                sampled = tuple(trial.suggest_float(u.name, 0.0, 1.0) for u in self.space.units)
+            else:
+                sampled = tuple(trial.suggest_int(u.name, 0, len(lv) - 1)
+                                for u, lv in zip(self.space.units, self.space.levels))
+        genome = self._genome(sampled, start=trial is None)
         attrs = {"step": self.step_index, "sampled": list(sampled), "genome": list(genome)}
-        if repair or self.budget.feasible(genome):
+        if self.config.budget_mode != "constraint" or self.budget.feasible(genome):
             value = self.fitness.evaluate([genome], self.config.stage)[0]
         else:
             value = self.config.penalty
-        constraints = None if repair else self._bounds(genome)
-        if trial is not None and genome == sampled:
+        constraints = self._bounds(genome) if self.config.budget_mode == "constraint" else None
+        told_as_sampled = self.config.budget_mode == "shift" or genome == sampled
+        if trial is not None and told_as_sampled:
             for k, v in attrs.items():
                 trial.set_user_attr(k, v)
             for k, v in (constraints or {}).items():
                 trial.set_constraint(k, v)
             self.study.tell(trial, value)
         else:  # tell the study what was scored: the repaired (or start) genome as a complete trial
+            params = preferences_of(self.space, genome) if self.config.budget_mode == "shift" else list(genome)
             self.study.add_trial(optuna.trial.create_trial(
-                params={u.name: g for u, g in zip(self.space.units, genome)}, distributions=self._distributions,
+                params={u.name: x for u, x in zip(self.space.units, params)}, distributions=self._distributions,
                 value=value, user_attrs=attrs, constraints=constraints))
             if trial is not None:
                 self.study.tell(trial, state=TrialState.FAIL)

@@ -17,6 +17,7 @@ ENGINES = {
     "nsga2": (NSGA2Engine, NSGA2Config(population=24, generations=12)),
     "nsga2-dc": (NSGA2Engine, NSGA2Config(population=8, generations=4, blocks=3)),
     "tpe": (TPEEngine, TPEConfig(trials=40, startup_trials=8)),
+    "tpe-repair": (TPEEngine, TPEConfig(trials=40, startup_trials=8, budget_mode="repair")),
     "tpe-constraint": (TPEEngine, TPEConfig(trials=40, startup_trials=8, budget_mode="constraint")),
     "tyr": (TyrEngine, TyrConfig(rounds=3, generations=4, offspring=6)),
 }
@@ -126,20 +127,45 @@ def test_repair_lands_in_the_band():
         assert budget.feasible(budget.repair(g, rng))
 
 
-def test_tpe_study_is_a_readable_optuna_study(tmp_path):
+def _study(tmp_path):
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    engine, _ = _engine("tpe", tmp_path)
-    engine.run()
     study = optuna.load_study(study_name="sparsearch",
                               storage=JournalStorage(JournalFileBackend(str(tmp_path / "run" / "optuna.log"))))
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert sorted(t.user_attrs["step"] for t in complete) == list(range(40))  # one scored trial per step
-    first = complete[0]
-    assert tuple(first.params[u.name] for u in engine.space.units) == engine.start_genome()
-    assert json.dumps(first.user_attrs["genome"])
+    assert json.dumps(complete[0].user_attrs["genome"])
+    return study, complete
+
+
+def test_tpe_study_is_told_the_preferences_it_sampled_and_each_maps_to_its_scored_genome(tmp_path):
+    import optuna
+
+    from sparsearch.search.preference import genome_of_preferences, preferences_of
+
+    engine, _ = _engine("tpe", tmp_path)
+    engine.run()
+    study, complete = _study(tmp_path)
+    params = [[t.params[u.name] for u in engine.space.units] for t in complete]
+    assert params[0] == preferences_of(engine.space, engine.start_genome())  # step 0: the start genome
+    assert tuple(complete[0].user_attrs["genome"]) == engine.start_genome()
+    for t, p in zip(complete[1:], params[1:]):  # every later trial: the sampled point, in the band
+        genome = genome_of_preferences(engine.space, engine.budget, p)
+        assert genome == tuple(t.user_attrs["genome"]) and engine.budget.feasible(genome)
+        assert p == t.user_attrs["sampled"]
+    assert not study.get_trials(states=(optuna.trial.TrialState.FAIL,))  # nothing sampled is discarded
+    assert len({tuple(t.user_attrs["genome"]) for t in complete}) > 20
+
+
+def test_tpe_repair_mode_tells_the_repaired_genome(tmp_path):
+    import optuna
+
+    engine, _ = _engine("tpe-repair", tmp_path)
+    engine.run()
+    study, complete = _study(tmp_path)
+    assert tuple(complete[0].params[u.name] for u in engine.space.units) == engine.start_genome()
     # TPE is told what was scored: every complete trial's parameters are the scored, in-band genome
     for t in complete:
         genome = tuple(t.params[u.name] for u in engine.space.units)
