@@ -8,6 +8,8 @@ import json
 import torch
 from torch import nn
 
+from sparsearch.supernet.memory import release_file_pages
+
 _SAMPLE = 4096
 
 
@@ -21,7 +23,9 @@ def _tensor_digest(h: "hashlib._Hash", t: torch.Tensor) -> None:
 
 def model_fingerprint(model: nn.Module) -> str:
     """Hash of the config and, per tensor, its name, shape and an evenly strided sample of its
-    values. Cheap at any model size and changed by any retraining or re-quantisation."""
+    values. Cheap at any model size and changed by any retraining or re-quantisation. The strided
+    sample touches every page of a tensor: memory-mapped weights are released after hashing, so
+    fingerprinting does not make the whole model resident."""
     h = hashlib.sha256()
     cfg = model.config.to_dict()
     for key in ("_name_or_path", "transformers_version", "_attn_implementation", "dtype", "torch_dtype"):
@@ -30,6 +34,7 @@ def model_fingerprint(model: nn.Module) -> str:
     for name, t in sorted(model.state_dict().items()):
         h.update(f"{name}:{tuple(t.shape)}".encode())
         _tensor_digest(h, t)
+        release_file_pages([t])
     return h.hexdigest()
 
 

@@ -5,9 +5,11 @@
   as the per-parameter OBS score tends to do), and a variant file holds its kept indices and the
   refit output projection (plus the safetensors header); levels of one unit with the same kept
   structure share one file.
-- **Build**: peak memory (model weights, one copy of the calibration stream, and the largest
-  unit's working set: a batch's activations, the Hessian and its OBS inverse, the variant
-  modules), and the forward passes (block runs over the calibration set; with error accumulation
+- **Build**: peak memory (one copy of the calibration stream, the largest unit's working set: a
+  batch's activations, the Hessian and its OBS inverse, the variant modules; and the weights: on
+  an accelerator all of them, on a CPU, where transformers memory-maps safetensors weights and the
+  build releases each layer's pages behind it, one layer, or the embedding during the capture
+  pass), and the forward passes (block runs over the calibration set; with error accumulation
   every stored variant runs once more), also as equivalent full-model passes.
 - **Search**: one evaluation's tokens and FLOPs per fitness stage at the target sparsity, and
   the total forward tokens of the engine's evaluations (``Engine.planned_evaluations``).
@@ -31,7 +33,10 @@ from sparsearch.supernet.config import SupernetConfig
 from sparsearch.supernet.variants import attention_params, attention_states, level_heads, mlp_kept_channels, mlp_params
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-RUNTIME_BYTES = 250 * 2**20  # Python, torch and transformers, resident (measured: 221-250 MiB)
+# Python, torch, transformers and its model code, resident before any weight is read (measured on
+# SmolLM2-135M with transformers 5.24: 455-470 MiB, of which ~140 MiB is what importing a model's
+# code pulls in, torch._dynamo among it)
+RUNTIME_BYTES = 460 * 2**20
 MiB = 2**20
 
 
@@ -157,7 +162,15 @@ def build_plan(shape: ModelShape, cfg: SupernetConfig, space: SearchSpace, sampl
         activations = batch_tokens * (3 * width + 4 * shape.hidden) * act
         obs = width * width * (act + 3 * 8)  # the Hessian, and its float64 factor, inverse and update
         working.append(modules + activations + obs)
-    peak = model + stream + max(working) + (RUNTIME_BYTES if device == "cpu" else 0)
+    if device == "cpu":  # memory-mapped weights, resident one layer at a time (the embedding while capturing)
+        norms = 2 * shape.hidden + (2 * shape.head_dim if shape.qk_norm else 0)
+        layer = (shape.attention_params + shape.mlp_params + norms) * shape.dtype_bytes
+        embedding = shape.vocab * shape.hidden * shape.dtype_bytes
+        weights = max(embedding, layer + max(working))
+        peak = RUNTIME_BYTES + stream + weights
+    else:
+        weights = model + max(working)
+        peak = stream + weights
     prunable = sum(lv[0].params for lv in space.levels)
     block_passes, weighted = 0, 0.0
     for levels in space.levels:
@@ -172,6 +185,7 @@ def build_plan(shape: ModelShape, cfg: SupernetConfig, space: SearchSpace, sampl
         "peak_memory_mib": round(peak / MiB, 1),
         "memory": {"model_mib": round(model / MiB, 1), "calibration_stream_mib": round(stream / MiB, 1),
                    "largest_unit_mib": round(max(working) / MiB, 1),
+                   "weights_and_unit_mib": round(weights / MiB, 1),
                    "runtime_mib": round(RUNTIME_BYTES / MiB, 1) if device == "cpu" else 0},
         "calibration_tokens": samples * seqlen,
         "block_passes": block_passes,
