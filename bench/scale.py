@@ -112,7 +112,8 @@ def main() -> None:
     schedule = TokenSchedule.parse(args.schedule)
     planned = plan(ModelShape.from_config(model.config, str(dtype).replace("torch.", "")), cfg,
                    samples=args.calib_samples, seqlen=args.calib_seqlen, target=0.5, schedule=schedule,
-                   engine="uniform", engine_config=OneShotConfig(), device=device.type)
+                   engine="uniform", engine_config=OneShotConfig(), device=device.type,
+                   mapped_weights=False)  # random weights live in ordinary memory
     folder = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="scale-")) / "supernet"
     try:
         with PeakMemory(device) as mem:

@@ -148,8 +148,11 @@ def disk_bytes(shape: ModelShape, cfg: SupernetConfig, space: SearchSpace) -> in
 
 
 def build_plan(shape: ModelShape, cfg: SupernetConfig, space: SearchSpace, samples: int, seqlen: int,
-               device: str = "cpu") -> dict[str, Any]:
-    """Peak memory and forward passes of building ``space`` on ``samples x seqlen`` tokens."""
+               device: str = "cpu", mapped_weights: bool = True) -> dict[str, Any]:
+    """Peak memory and forward passes of building ``space`` on ``samples x seqlen`` tokens.
+    ``mapped_weights``: on a CPU, the weights are memory-mapped from safetensors files in their
+    own dtype (how transformers loads a checkpoint), not in ordinary memory (a converted dtype,
+    random weights)."""
     act = 4  # activations and working sets are float32 on the paths that matter
     batch_tokens = min(cfg.batch_size, samples) * seqlen
     model = shape.total_params * shape.dtype_bytes
@@ -162,7 +165,7 @@ def build_plan(shape: ModelShape, cfg: SupernetConfig, space: SearchSpace, sampl
         activations = batch_tokens * (3 * width + 4 * shape.hidden) * act
         obs = width * width * (act + 3 * 8)  # the Hessian, and its float64 factor, inverse and update
         working.append(modules + activations + obs)
-    if device == "cpu":  # memory-mapped weights, resident one layer at a time (the embedding while capturing)
+    if device == "cpu" and mapped_weights:  # resident one layer at a time (the embedding while capturing)
         norms = 2 * shape.hidden + (2 * shape.head_dim if shape.qk_norm else 0)
         layer = (shape.attention_params + shape.mlp_params + norms) * shape.dtype_bytes
         embedding = shape.vocab * shape.hidden * shape.dtype_bytes
@@ -170,7 +173,7 @@ def build_plan(shape: ModelShape, cfg: SupernetConfig, space: SearchSpace, sampl
         peak = RUNTIME_BYTES + stream + weights
     else:
         weights = model + max(working)
-        peak = stream + weights
+        peak = stream + weights + (RUNTIME_BYTES if device == "cpu" else 0)
     prunable = sum(lv[0].params for lv in space.levels)
     block_passes, weighted = 0, 0.0
     for levels in space.levels:
@@ -217,14 +220,15 @@ def search_plan(engine: str, engine_config: Any, schedule: TokenSchedule, space:
 
 
 def plan(shape: ModelShape, cfg: SupernetConfig, *, samples: int, seqlen: int, target: float,
-         schedule: TokenSchedule, engine: str, engine_config: Any, starts: int = 0, device: str = "cpu") -> dict:
+         schedule: TokenSchedule, engine: str, engine_config: Any, starts: int = 0, device: str = "cpu",
+         mapped_weights: bool = True) -> dict:
     space = planned_space(shape, cfg)
     disk = disk_bytes(shape, cfg, space)
     return {
         "model": dataclasses.asdict(shape) | {"params": shape.total_params},
         "supernet": {"units": len(space.units), "levels": sorted({len(l) for l in space.levels}),
                      "disk_bytes": disk, "disk_mib": round(disk / MiB, 1)},
-        "build": build_plan(shape, cfg, space, samples, seqlen, device),
+        "build": build_plan(shape, cfg, space, samples, seqlen, device, mapped_weights),
         "evaluation": evaluation_plan(shape, space, target, schedule),
         "search": {"engine": engine} | search_plan(engine, engine_config, schedule, space, starts),
     }
