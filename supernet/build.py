@@ -30,7 +30,7 @@ def supernet_header(
         "model": {
             "name": model_name,
             "architecture": adapter.model_type,
-            "fingerprint": model_fingerprint(model),
+            "fingerprint": model_fingerprint(model, release=True),
             "shape": asdict(adapter.shape),
         },
         "calibration": {

@@ -21,10 +21,11 @@ def _tensor_digest(h: "hashlib._Hash", t: torch.Tensor) -> None:
     h.update(sample.numpy().tobytes())
 
 
-def model_fingerprint(model: nn.Module) -> str:
+def model_fingerprint(model: nn.Module, *, release: bool = False) -> str:
     """Hash of the config and, per tensor, its name, shape and an evenly strided sample of its
     values. Cheap at any model size and changed by any retraining or re-quantisation. The strided
-    sample touches every page of a tensor: memory-mapped weights are released after hashing, so
+    sample touches every page of a tensor; with ``release`` (a layer-by-layer build, which reads
+    the weights again one layer at a time), memory-mapped weights are released after hashing, so
     fingerprinting does not make the whole model resident."""
     h = hashlib.sha256()
     cfg = model.config.to_dict()
@@ -34,7 +35,8 @@ def model_fingerprint(model: nn.Module) -> str:
     for name, t in sorted(model.state_dict().items()):
         h.update(f"{name}:{tuple(t.shape)}".encode())
         _tensor_digest(h, t)
-        release_file_pages([t])
+        if release:
+            release_file_pages([t])
     return h.hexdigest()
 
 

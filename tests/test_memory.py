@@ -76,3 +76,16 @@ def test_a_build_from_mapped_weights_stores_what_a_build_from_memory_stores(mapp
     for f in files_a:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
     assert a.manifest["units"] == b.manifest["units"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads /proc/self/smaps (Linux)")
+def test_a_build_s_fingerprint_leaves_the_weights_unread(mapped):
+    """The fingerprint samples every page of every tensor; for a build it releases them behind it."""
+    from sparsearch.supernet.fingerprint import model_fingerprint
+
+    model, weights = mapped
+    plain = model_fingerprint(model)
+    if _resident_bytes(weights) < 0.5 * weights.stat().st_size:
+        pytest.skip("this transformers copies safetensors weights into memory instead of mapping them")
+    assert model_fingerprint(model, release=True) == plain
+    assert _resident_bytes(weights) < 0.1 * weights.stat().st_size
