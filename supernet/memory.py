@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import ctypes
+import functools
 import gc
 import mmap
 from pathlib import Path
@@ -67,6 +68,16 @@ class PeakMemory:
         self.extra_bytes = None if self.peak_bytes is None else max(self.peak_bytes - self._start, 0)
 
 
+@functools.cache
+def _madvise():
+    """libc's ``madvise``, or ``None`` where it cannot be loaded."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return fn
+
 
 def _file_mappings() -> list[tuple[int, int]]:
     """Sorted ``(start, end)`` address ranges of this process's mappings of regular files."""
@@ -89,19 +100,15 @@ def release_file_pages(tensors: Iterable[torch.Tensor]) -> int:
     Only file-backed memory is touched (``madvise(MADV_PAGEOUT)``): its clean pages are re-read
     from the file when next accessed, so values never change; a page written since it was mapped
     is not file-backed any more, is kept (without swap) or swapped out, never lost; pages of a
-file not yet written back to disk stay until they are. Tensors in
-    ordinary (anonymous) memory or on an accelerator, and kernels without ``MADV_PAGEOUT``, are
-    left alone. Used by the supernet build to keep one layer's weights resident at a time."""
-    ranges = _file_mappings()
+    file not yet written back to disk stay until they are. Tensors in ordinary (anonymous) memory
+    or on an accelerator, and kernels without ``MADV_PAGEOUT``, are left alone. Used by the
+    supernet build to keep one layer's weights resident at a time."""
+    madvise = _madvise()
+    ranges = _file_mappings() if madvise is not None else []
     if not ranges:
         return 0
     starts = [lo for lo, _ in ranges]
     page = mmap.PAGESIZE
-    try:
-        madvise = ctypes.CDLL(None, use_errno=True).madvise
-    except (OSError, AttributeError):
-        return 0
-    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     asked, seen = 0, set()
     for t in tensors:
         if t.device.type != "cpu" or t.numel() == 0:

@@ -72,10 +72,15 @@ class ModelShape(DecoderShape):
         return mlp_params(self.intermediate, self.hidden, self.mlp_bias)
 
     @property
+    def layer_params(self) -> int:
+        """One decoder layer: attention, MLP and their norms (and q/k norms)."""
+        norms = 2 * self.hidden + (2 * self.head_dim if self.qk_norm else 0)
+        return self.attention_params + self.mlp_params + norms
+
+    @property
     def total_params(self) -> int:
         embeddings = self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
-        norms = 2 * self.hidden + (2 * self.head_dim if self.qk_norm else 0)
-        return self.num_layers * (self.attention_params + self.mlp_params + norms) + embeddings + self.hidden
+        return self.num_layers * self.layer_params + embeddings + self.hidden
 
 
 def _header_bytes(tensors: dict[str, tuple[str, list[int], int]]) -> int:
@@ -166,14 +171,11 @@ def build_plan(shape: ModelShape, cfg: SupernetConfig, space: SearchSpace, sampl
         obs = width * width * (act + 3 * 8)  # the Hessian, and its float64 factor, inverse and update
         working.append(modules + activations + obs)
     if device == "cpu" and mapped_weights:  # resident one layer at a time (the embedding while capturing)
-        norms = 2 * shape.hidden + (2 * shape.head_dim if shape.qk_norm else 0)
-        layer = (shape.attention_params + shape.mlp_params + norms) * shape.dtype_bytes
         embedding = shape.vocab * shape.hidden * shape.dtype_bytes
-        weights = max(embedding, layer + max(working))
-        peak = RUNTIME_BYTES + stream + weights
+        weights = max(embedding, shape.layer_params * shape.dtype_bytes + max(working))
     else:
         weights = model + max(working)
-        peak = stream + weights + (RUNTIME_BYTES if device == "cpu" else 0)
+    peak = stream + weights + (RUNTIME_BYTES if device == "cpu" else 0)
     prunable = sum(lv[0].params for lv in space.levels)
     block_passes, weighted = 0, 0.0
     for levels in space.levels:
