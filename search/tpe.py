@@ -21,6 +21,14 @@ Budget handling (``budget_mode``):
   (``trial.set_constraint``); a genome outside the band is told a penalty without being scored,
   and TPE learns the feasible region from the violations (cheap trials, for loose budgets).
 
+The sampler is Optuna's multivariate TPE. Each trial keeps the best of ``ei_candidates`` draws
+from the good trials' model by expected improvement. In ``shift`` mode the default is 128
+(Optuna's is 24): every draw is a feasible genome, and in tens of dimensions 24 draws rarely hold a
+better one (on the 60-unit problem of ``bench/search_synthetic.py``, seed 3, the gap to the
+optimum after 500 trials falls from +22.6% to +13.6%); a noisy cheap-stage score is checked by the
+finalists' re-scoring. The other modes keep Optuna's 24: there most draws fall outside the band,
+and a greedier draw makes ``constraint`` explore the feasible region less.
+
 Step 0 scores the start genome (repaired into the band unless ``constraint``), told as a trial
 whose parameters are that genome (its levels, or in ``shift`` its levels' sparsities).
 
@@ -66,6 +74,8 @@ class TPEConfig:
     budget_mode: str = setting("shift", "TPE budget handling", choices=BUDGET_MODES)
     stage: int = setting(0, "fitness stage that scores each trial or individual")
     startup_trials: int = setting(10, "TPE random trials before the model")
+    ei_candidates: int = setting(0, "TPE draws per trial from the good trials' model, the best by expected improvement "
+                                    "kept (0: 128 in shift mode, Optuna's 24 otherwise)")
     penalty: float = setting(1e6, "TPE value told for a genome outside the budget", cli=False)
     finalists: int = setting(4, "best feasible genomes re-scored on the final stage")
 
@@ -73,10 +83,16 @@ class TPEConfig:
         require_choice("budget_mode", self.budget_mode, BUDGET_MODES)
         require(self.trials >= 1, "trials", self.trials, ">= 1")
         require(self.startup_trials >= 0, "startup_trials", self.startup_trials, ">= 0")
+        require(self.ei_candidates >= 0, "ei_candidates", self.ei_candidates, ">= 0")
         require(self.stage >= 0, "stage", self.stage, ">= 0")
         require(self.finalists >= 0, "finalists", self.finalists, ">= 0")
         if self.storage:
             _check_storage_url(self.storage)
+
+    @property
+    def candidates(self) -> int:
+        """Optuna's ``n_ei_candidates`` for this budget mode (``ei_candidates``, or its mode's default)."""
+        return self.ei_candidates or (128 if self.budget_mode == "shift" else 24)
 
 
 def _check_storage_url(url: str) -> None:
@@ -190,7 +206,7 @@ class TPEEngine(Engine):
         else:
             self.study.sampler = _KnownSpaceTPESampler(
                 self._distributions, seed=self.seed * 1_000_003 + self.step_index,
-                n_startup_trials=self.config.startup_trials,
+                n_startup_trials=self.config.startup_trials, n_ei_candidates=self.config.candidates,
             )
             trial = self.study.ask()
             trial.set_user_attr("step", self.step_index)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from sparsearch.search.budget import Budget, CostModel
-from sparsearch.search.errors import SparsearchError
+from sparsearch.search.errors import ConfigError, SparsearchError
 from sparsearch.search.evolution import EvolutionConfig, EvolutionEngine
 from sparsearch.search.nsga2 import NSGA2Config, NSGA2Engine
 from sparsearch.search.tpe import TPEConfig, TPEEngine
@@ -235,3 +235,24 @@ def test_a_unit_kept_dense_is_never_pruned(name, tmp_path):
 def test_keep_dense_refuses_unknown_units():
     with pytest.raises(SparsearchError, match="no units L099.attn"):
         synthetic_space().keep_dense(["L099.attn"])
+
+
+def test_tpe_samples_with_its_candidate_count(tmp_path, monkeypatch):
+    import optuna
+
+    seen = []
+    original = optuna.samplers.TPESampler.__init__
+
+    def spy(self, **kwargs):
+        if "seed" in kwargs:  # the engine's per-step samplers (not the study's default one)
+            seen.append(kwargs.get("n_ei_candidates"))
+        original(self, **kwargs)
+
+    monkeypatch.setattr(optuna.samplers.TPESampler, "__init__", spy)
+    space = synthetic_space()
+    TPEEngine(space, _make_budget(space), SyntheticFitness(space), TPEConfig(trials=6, startup_trials=2, ei_candidates=7),
+              run_dir=str(tmp_path / "run"), seed=0, log=None).run()
+    assert len(seen) == 5 and set(seen) == {7}  # steps 1..5 sample
+    assert TPEConfig().candidates == 128 and TPEConfig(budget_mode="constraint").candidates == 24
+    with pytest.raises(ConfigError, match="ei_candidates"):
+        TPEConfig(ei_candidates=-1)
