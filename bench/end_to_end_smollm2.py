@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -64,6 +63,7 @@ def main() -> None:
     from sparsearch.fitness.data import read_text, tokenize_text
     from sparsearch.fitness.metrics import eval_windows, perplexity
     from sparsearch.launch.cli import main as cli
+    from sparsearch.search.atomic import atomic_write_json
     from sparsearch.search.knapsack import probes
     from sparsearch.supernet.models import load_model
     from sparsearch.supernet.stitch import Stitcher
@@ -99,17 +99,17 @@ def main() -> None:
     cache_file = out / "perplexities.json"
     cache: dict[str, float] = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
 
+    key_prefix = f"{stitcher.store.fingerprint} {windows.numel()}"
+
     def ppl(genome: list[int]) -> float:
-        key = f"{stitcher.store.fingerprint} {windows.numel()} {','.join(map(str, genome))}"
+        key = f"{key_prefix} {','.join(map(str, genome))}"
         if key not in cache:
             stitcher.apply(tuple(genome))
             cache[key] = round(perplexity(model, windows)["perplexity"], 2)
             log(f"perplexity {cache[key]} (sparsity {stitcher.space.sparsity(genome):.4f})")
             if cache_file.is_file():  # another invocation (another target) may have added its own
                 cache.update({k: v for k, v in json.loads(cache_file.read_text()).items() if k not in cache})
-            tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(cache))
-            tmp.replace(cache_file)
+            atomic_write_json(cache_file, cache)
         return cache[key]
 
     report: dict = {"model": "smollm2-135m", "supernet": args.supernet, "eval_tokens": int(windows.numel()),
