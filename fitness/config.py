@@ -1,14 +1,17 @@
-"""Typed, validated configuration of the fitness: stages, teacher cache, batch size."""
+"""Typed, validated configuration of the fitness: stages, teacher cache, batch size, and how
+training-aware stages train a candidate."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from sparsearch.fitness.schedule import PRESETS, TokenSchedule
-from sparsearch.search.config import require, setting
+from sparsearch.search.config import require, require_choice, setting
 from sparsearch.search.errors import ConfigError
 
 DEFAULT_SCHEDULE = "4:512,2:1024,1:2048"
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -36,3 +39,42 @@ class FitnessConfig:
             return TokenSchedule.parse(self.schedule)
         except ValueError as e:
             raise ConfigError(f"schedule: {e}") from None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a candidate is trained (:class:`~sparsearch.fitness.training.Trainer`): by training-aware
+    fitness stages (``--train-*`` flags of ``search``/``run``) and by ``heal`` (which sets its own
+    values). AdamW: ``batch_size`` sequences per micro-batch, ``grad_accum`` micro-batches per step,
+    gradients clipped to ``max_grad_norm``; ``lr_schedule``: constant, or cosine decay to
+    ``min_lr_ratio * lr`` after ``warmup_steps`` of linear warm-up."""
+
+    lr: float = setting(1e-5, "AdamW learning rate", flag="train-lr")
+    weight_decay: float = setting(0.0, "AdamW weight decay", flag="train-weight-decay")
+    batch_size: int = setting(4, "sequences per micro-batch", flag="train-batch-size", metavar="N")
+    grad_accum: int = setting(1, "micro-batches per optimizer step", flag="train-grad-accum", metavar="N")
+    max_grad_norm: float = setting(1.0, "gradient clipping norm", flag="train-max-grad-norm")
+    lr_schedule: str = setting("constant", "learning-rate schedule", flag="train-lr-schedule", choices=SCHEDULES)
+    warmup_steps: int = setting(0, "linear warm-up steps (cosine schedule)", flag="train-warmup-steps")
+    min_lr_ratio: float = setting(0.1, "cosine schedule: final learning rate as a fraction of lr",
+                                  flag="train-min-lr-ratio")
+
+    def __post_init__(self) -> None:
+        require(self.lr > 0, "train_lr", self.lr, "> 0")
+        require(self.weight_decay >= 0, "train_weight_decay", self.weight_decay, ">= 0")
+        require(self.batch_size >= 1, "train_batch_size", self.batch_size, ">= 1")
+        require(self.grad_accum >= 1, "train_grad_accum", self.grad_accum, ">= 1")
+        require(self.max_grad_norm > 0, "train_max_grad_norm", self.max_grad_norm, "> 0")
+        require_choice("train_lr_schedule", self.lr_schedule, SCHEDULES)
+        require(self.warmup_steps >= 0, "train_warmup_steps", self.warmup_steps, ">= 0")
+        require(0 <= self.min_lr_ratio <= 1, "train_min_lr_ratio", self.min_lr_ratio, "within [0, 1]")
+
+    def lr_at(self, step: int, total: int) -> float:
+        """The learning rate of optimizer step ``step`` (0-based) of ``total``."""
+        if self.warmup_steps and step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.lr_schedule == "constant":
+            return self.lr
+        span = max(total - self.warmup_steps, 1)
+        progress = min(max(step - self.warmup_steps, 0) / span, 1.0)
+        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))

@@ -36,7 +36,8 @@ class EvaluatorSpec:
     seed: int = 0
     threads: int = 0  # torch threads in the evaluator (0 = torch's default)
     trust_remote_code: bool = False  # run code shipped with the model (the user said so)
-    train: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields of training-aware stages
+    train_tokens: str | None = None  # a safetensors file with the "tokens" they train on
 
 
 def build_evaluator(spec: EvaluatorSpec):
@@ -58,9 +59,10 @@ def build_evaluator(spec: EvaluatorSpec):
     model, _ = load_model(spec.model, dtype=spec.dtype, device=device, trust_remote_code=spec.trust_remote_code)
     tokens = load_file(spec.tokens)["tokens"]
     schedule = TokenSchedule.of(spec.schedule)
+    train_tokens = load_file(spec.train_tokens)["tokens"] if spec.train_tokens else None
     return Evaluator(model, SupernetStore.open(spec.supernet), tokens, schedule, topk=spec.topk,
                      batch_size=spec.batch_size, seed=spec.seed, train=TrainConfig(**spec.train),
-                     train_tokens=tokens if any(s[2] for s in spec.schedule) else None)
+                     train_tokens=train_tokens)
 
 
 class InProcessPool:

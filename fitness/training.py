@@ -17,55 +17,17 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparsearch.fitness.config import TrainConfig
 from sparsearch.fitness.metrics import kl_per_token
 from sparsearch.fitness.teacher import TeacherCache
-from sparsearch.search.config import require, require_choice, setting
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
-SCHEDULES = ("constant", "cosine")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """AdamW: ``batch_size`` sequences per micro-batch, ``grad_accum`` micro-batches per step,
-    gradients clipped to ``max_grad_norm``; ``lr_schedule``: constant, or cosine decay to
-    ``min_lr_ratio * lr`` after ``warmup_steps`` of linear warm-up."""
-
-    lr: float = setting(1e-5, "AdamW learning rate")
-    weight_decay: float = setting(0.0, "AdamW weight decay")
-    batch_size: int = setting(4, "sequences per micro-batch", flag="train-batch-size")
-    grad_accum: int = setting(1, "micro-batches per optimizer step")
-    max_grad_norm: float = setting(1.0, "gradient clipping norm")
-    lr_schedule: str = setting("constant", "learning-rate schedule", choices=SCHEDULES)
-    warmup_steps: int = setting(0, "linear warm-up steps (cosine schedule)")
-    min_lr_ratio: float = setting(0.1, "cosine schedule: final learning rate as a fraction of lr")
-
-    def __post_init__(self) -> None:
-        require(self.lr > 0, "lr", self.lr, "> 0")
-        require(self.weight_decay >= 0, "weight_decay", self.weight_decay, ">= 0")
-        require(self.batch_size >= 1, "train_batch_size", self.batch_size, ">= 1")
-        require(self.grad_accum >= 1, "grad_accum", self.grad_accum, ">= 1")
-        require(self.max_grad_norm > 0, "max_grad_norm", self.max_grad_norm, "> 0")
-        require_choice("lr_schedule", self.lr_schedule, SCHEDULES)
-        require(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, ">= 0")
-        require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", self.min_lr_ratio, "within [0, 1]")
-
-    def lr_at(self, step: int, total: int) -> float:
-        """The learning rate of optimizer step ``step`` (0-based) of ``total``."""
-        if self.warmup_steps and step < self.warmup_steps:
-            return self.lr * (step + 1) / self.warmup_steps
-        if self.lr_schedule == "constant":
-            return self.lr
-        span = max(total - self.warmup_steps, 1)
-        progress = min(max(step - self.warmup_steps, 0) / span, 1.0)
-        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def _adamw(params: list[torch.Tensor], cfg: TrainConfig) -> torch.optim.AdamW:

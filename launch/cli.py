@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from sparsearch.fitness.config import FitnessConfig
+from sparsearch.fitness.config import FitnessConfig, TrainConfig
 from sparsearch.fitness.data import CalibrationConfig
 from sparsearch.launch.cluster import ClusterConfig
 from sparsearch.launch.config import SearchConfig
@@ -61,6 +61,8 @@ def _search_options(o: Options) -> None:
     o.add_settings(SearchConfig, group=o.parser.add_argument_group("search"))
     o.add_engine_settings(ENGINES, o.parser.add_argument_group("engine settings ([engines that use them])"))
     o.add_settings(FitnessConfig, group=o.parser.add_argument_group("fitness"))
+    o.add_settings(TrainConfig, group=o.parser.add_argument_group(
+        "training-aware fitness (stages survivors:tokens:train_tokens train each candidate first)"))
     o.add_settings(HeldoutConfig, group=o.parser.add_argument_group("held-out perplexity"))
     o.add_settings(ClusterConfig, group=o.parser.add_argument_group("evaluation on Ray"))
     o.add("--resume", action="store_true", default=False, help="continue the run in --run-dir from its checkpoint")
@@ -279,6 +281,7 @@ def _search_and_report(o: Resolved, model, tokenizer, store, started: float, *, 
         model, tokenizer, store, cfg, fitness=fitness, calib=calibration_config(o),
         supernet_cfg=SupernetConfig.from_dict(store.manifest["config"]), run_dir=run_dir, resume=o.resume,
         model_spec=o.model, cluster=cluster, log=_log(o), progress=not o.quiet, trust_remote_code=o.trust_remote_code,
+        train=o.config(TrainConfig),
     )
     extra: dict[str, Any] = {"workers": cluster.actors(_accelerators()), "nodes": outcome.nodes,
                              "calibration": calibration_config(o).describe()}
@@ -346,7 +349,7 @@ def cmd_search(o: Resolved) -> int:
 
     started = time.perf_counter()
     search_config(o, lambda _: None), calibration_config(o)  # validated before loading anything
-    o.config(FitnessConfig), o.config(HeldoutConfig), o.config(ClusterConfig)
+    o.config(FitnessConfig), o.config(TrainConfig), o.config(HeldoutConfig), o.config(ClusterConfig)
     _check_files(o.eval_text)
     _device(o.device)
     store = SupernetStore.open(o.supernet)
@@ -381,7 +384,7 @@ def cmd_run(o: Resolved) -> int:
         from sparsearch.launch.heal import HealConfig
 
         HealConfig(tokens=o.heal_tokens, seqlen=calibration_config(o).seqlen)  # validated before the search
-    o.config(FitnessConfig), o.config(HeldoutConfig), o.config(ClusterConfig)
+    o.config(FitnessConfig), o.config(TrainConfig), o.config(HeldoutConfig), o.config(ClusterConfig)
     calib = calibration_config(o)
     _check_files(calib.location if calib.source == "text" else None, o.eval_text)
     model, tokenizer = _load(o)

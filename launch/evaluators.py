@@ -10,7 +10,9 @@ import torch
 from sparsearch.fitness.config import FitnessConfig
 from sparsearch.fitness.evaluator import Evaluator
 from sparsearch.fitness.teacher import TeacherCache
+from sparsearch.fitness.training import TrainConfig
 from sparsearch.launch.cluster import ClusterConfig, connect
+from sparsearch.search.config import as_dict
 from sparsearch.search.fitness import Fitness
 from sparsearch.supernet.store import SupernetStore
 
@@ -39,12 +41,16 @@ class FitnessFactory:
     loads ``model_spec`` and the supernet itself and reads the fitness tokens from ``tokens_path``."""
 
     def __init__(self, model, *, model_spec: str, tokens: torch.Tensor, tokens_path: Path, fitness: FitnessConfig,
-                 cluster: ClusterConfig, seed: int, trust_remote_code: bool = False):
+                 cluster: ClusterConfig, seed: int, trust_remote_code: bool = False, train: TrainConfig = TrainConfig(),
+                 train_tokens: torch.Tensor | None = None, train_tokens_path: Path | None = None):
         self.model = model
         self.model_spec = model_spec
         self.trust_remote_code = trust_remote_code
         self.tokens = tokens
         self.tokens_path = tokens_path
+        self.train = train
+        self.train_tokens = train_tokens
+        self.train_tokens_path = train_tokens_path
         self.fitness = fitness
         self.cluster = cluster
         self.seed = seed
@@ -63,7 +69,8 @@ class FitnessFactory:
         schedule = self.fitness.token_schedule
         if not self.distributed:
             ev = LocalFitness(self.model, store, self.tokens, schedule, topk=self.fitness.topk,
-                              batch_size=self.fitness.batch_size, teacher=self.teacher)
+                              batch_size=self.fitness.batch_size, train=self.train, train_tokens=self.train_tokens,
+                              seed=self.seed, teacher=self.teacher)
             self.teacher = ev.teacher
             return ev
         from sparsearch.fitness.pool import EvaluatorSpec, RayPool
@@ -73,7 +80,9 @@ class FitnessFactory:
         spec = EvaluatorSpec(model=self.model_spec, supernet=str(store.path), tokens=str(self.tokens_path),
                              dtype=dtype, trust_remote_code=self.trust_remote_code,
                              schedule=tuple((s.survivors, s.tokens, s.train_tokens) for s in schedule.stages),
-                             topk=self.fitness.topk, batch_size=self.fitness.batch_size, seed=self.seed, threads=1)
+                             topk=self.fitness.topk, batch_size=self.fitness.batch_size, seed=self.seed, threads=1,
+                             train=as_dict(self.train),
+                             train_tokens=str(self.train_tokens_path) if self.train_tokens is not None else None)
         # Ray's GPU resource counts CUDA devices; other accelerators run their actors on CPU slots
         gpus = 1 if self.accelerators and torch.accelerator.current_accelerator().type == "cuda" else 0
         return RayPool(spec, self.workers, num_gpus=gpus, num_cpus=0 if gpus else 1)

@@ -83,10 +83,12 @@ class HealConfig:
         require(self.seqlen >= 2, "seqlen", self.seqlen, ">= 2")
         require(self.lora_rank >= 1, "lora_rank", self.lora_rank, ">= 1")
         require(self.lora_alpha > 0, "lora_alpha", self.lora_alpha, "> 0")
+        require(self.lr > 0, "lr", self.lr, "> 0")
+        require(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
+        require(self.grad_accum >= 1, "grad_accum", self.grad_accum, ">= 1")
         require(0 <= self.warmup < 1, "warmup", self.warmup, "within [0, 1)")
         require(self.teacher_topk >= 0, "teacher_topk", self.teacher_topk, ">= 0")
         require(self.checkpoint_every >= 1, "checkpoint_every", self.checkpoint_every, ">= 1")
-        self.train_config  # validates lr, batch_size, grad_accum
 
     @property
     def sequences(self) -> int:

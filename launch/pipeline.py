@@ -16,11 +16,13 @@ from safetensors.torch import save as st_save
 
 from sparsearch.fitness.config import FitnessConfig
 from sparsearch.fitness.data import CalibrationConfig, calibration_tokens
+from sparsearch.fitness.training import TrainConfig
 from sparsearch.launch.cluster import ClusterConfig
 from sparsearch.launch.config import SearchConfig
 from sparsearch.launch.evaluators import FitnessFactory, OpenFitness
 from sparsearch.search.atomic import atomic_write
 from sparsearch.search.budget import Budget, CostModel
+from sparsearch.search.config import as_dict
 from sparsearch.search.engine import Result
 from sparsearch.search.errors import SparsearchError
 from sparsearch.search.knapsack import KnapsackStart
@@ -35,6 +37,7 @@ from sparsearch.supernet.store import SupernetStore
 
 Log = Callable[[str], None]
 FITNESS_TOKENS = "fitness_tokens.safetensors"
+TRAIN_TOKENS = "train_tokens.safetensors"
 
 
 @dataclass(frozen=True)
@@ -92,19 +95,52 @@ def ensure_supernet(
                           progress=progress)
 
 
-def fitness_tokens(calib: CalibrationConfig, fitness: FitnessConfig, model, tokenizer, run_dir: Path) -> torch.Tensor:
-    """The fitness token pool: the calibration source again with another seed (never held-out
-    text), ``fitness.pool`` times the sequences the schedule's last stage needs; kept in the run
-    directory for resumes."""
-    path = run_dir / FITNESS_TOKENS
-    rows = math.ceil(fitness.token_schedule.max_tokens / calib.seqlen) * fitness.pool
+def _kept_tokens(path: Path, rows: int, seqlen: int) -> torch.Tensor | None:
+    """The tokens a run keeps in ``path`` (for resumes, and for Ray actors, which read them from
+    there), if they have the shape asked for."""
     if path.is_file():
         tokens = load_file(str(path))["tokens"]
-        if tokens.shape == (rows, calib.seqlen):
+        if tokens.shape == (rows, seqlen):
             return tokens
-    tokens = calibration_tokens(dataclasses.replace(calib, samples=rows, seed=calib.seed + 1), model, tokenizer)
+    return None
+
+
+def _keep_tokens(path: Path, tokens: torch.Tensor) -> torch.Tensor:
     atomic_write(path, st_save({"tokens": tokens.contiguous()}))
     return tokens
+
+
+def fitness_tokens(calib: CalibrationConfig, fitness: FitnessConfig, model, tokenizer, run_dir: Path) -> torch.Tensor:
+    """The fitness token pool: the calibration source again with another seed (never held-out
+    text), ``fitness.pool`` times the sequences the schedule's last stage needs."""
+    path, rows = run_dir / FITNESS_TOKENS, math.ceil(fitness.token_schedule.max_tokens / calib.seqlen) * fitness.pool
+    kept = _kept_tokens(path, rows, calib.seqlen)
+    if kept is not None:
+        return kept
+    return _keep_tokens(path, calibration_tokens(dataclasses.replace(calib, samples=rows, seed=calib.seed + 1),
+                                                 model, tokenizer))
+
+
+def training_tokens(calib: CalibrationConfig, fitness: FitnessConfig, model, tokenizer, run_dir: Path,
+                    scored: torch.Tensor) -> torch.Tensor | None:
+    """What training-aware stages train on (None when no stage trains): sequences of the
+    calibration source drawn with a third seed, enough for the largest stage's ``train_tokens``,
+    and none of them a sequence of the fitness pool ``scored`` (a candidate is not trained on the
+    tokens it is then scored on; only a source too short to avoid them repeats some). Every
+    candidate of a stage is trained on the same batches."""
+    most = max(s.train_tokens for s in fitness.token_schedule.stages)
+    if not most:
+        return None
+    path, rows = run_dir / TRAIN_TOKENS, math.ceil(most / calib.seqlen)
+    kept = _kept_tokens(path, rows, calib.seqlen)
+    if kept is not None:
+        return kept
+    drawn = calibration_tokens(dataclasses.replace(calib, samples=rows + scored.shape[0], seed=calib.seed + 2),
+                               model, tokenizer)
+    pool = {tuple(r) for r in scored.tolist()}
+    scored_too = [tuple(r) in pool for r in drawn.tolist()]
+    order = sorted(range(drawn.shape[0]), key=lambda i: scored_too[i])  # stable: the fresh rows first
+    return _keep_tokens(path, drawn[order[:rows]])
 
 
 def make_budget(space: SearchSpace, cfg: SearchConfig, head_dim: int, context: int) -> Budget:
@@ -192,21 +228,27 @@ class TyrRounds:
         return store.space(), self.fitness
 
 
-def run_settings(cfg: SearchConfig, fitness: FitnessConfig, store: SupernetStore, tokens: torch.Tensor) -> dict[str, Any]:
-    """What a resumed run must share with the original: everything that changes a score or the budget."""
-    return {"target_sparsity": cfg.target_sparsity, "cost": cfg.cost, "tolerance": cfg.tolerance,
-            "schedule": [list(dataclasses.astuple(s)) for s in fitness.token_schedule.stages], "topk": fitness.topk,
-            "supernet": store.fingerprint, "fitness_tokens": tokens_fingerprint(tokens)}
+def run_settings(cfg: SearchConfig, fitness: FitnessConfig, store: SupernetStore, tokens: torch.Tensor,
+                 train: TrainConfig | None = None, train_tokens: torch.Tensor | None = None) -> dict[str, Any]:
+    """What a resumed run must share with the original: everything that changes a score or the
+    budget (with training-aware stages, the training settings and tokens too)."""
+    out = {"target_sparsity": cfg.target_sparsity, "cost": cfg.cost, "tolerance": cfg.tolerance,
+           "schedule": [list(dataclasses.astuple(s)) for s in fitness.token_schedule.stages], "topk": fitness.topk,
+           "supernet": store.fingerprint, "fitness_tokens": tokens_fingerprint(tokens)}
+    if train_tokens is not None:
+        out["training"] = {**as_dict(train or TrainConfig()), "tokens": tokens_fingerprint(train_tokens)}
+    return out
 
 
 def search(
     model, tokenizer, store: SupernetStore, cfg: SearchConfig, *, fitness: FitnessConfig, calib: CalibrationConfig,
     supernet_cfg: SupernetConfig, run_dir: Path, resume: bool, log: Log, progress: bool,
     model_spec: str | None = None, cluster: ClusterConfig = ClusterConfig(), trust_remote_code: bool = False,
+    train: TrainConfig = TrainConfig(),
 ) -> SearchOutcome:
     """Search the budget allocation of ``store`` for ``model`` (dense on entry; stitched to the
     best genome on return). Fitness runs in process, or on Ray actors (``cluster``), each of
-    which loads ``model_spec`` itself."""
+    which loads ``model_spec`` itself. ``train``: how training-aware stages train a candidate."""
     schedule = fitness.token_schedule
     space = store.space()
     shape = store.manifest["model"]["shape"]
@@ -214,9 +256,11 @@ def search(
     budget = budget_of(space)
     budget.require_feasible()  # before anything is written or scored
     tokens = fitness_tokens(calib, fitness, model, tokenizer, run_dir)
+    train_tokens = training_tokens(calib, fitness, model, tokenizer, run_dir, tokens)
     factory = FitnessFactory(model, model_spec=model_spec or store.manifest["model"]["name"], tokens=tokens,
                              tokens_path=run_dir / FITNESS_TOKENS, fitness=fitness, cluster=cluster, seed=cfg.seed,
-                             trust_remote_code=trust_remote_code)
+                             trust_remote_code=trust_remote_code, train=train, train_tokens=train_tokens,
+                             train_tokens_path=run_dir / TRAIN_TOKENS)
 
     names = start_names(cfg)
     baseline_tokens = None
@@ -239,7 +283,7 @@ def search(
             extra = {"rebuild": rounds, "make_budget": budget_of}
         engine = engine_cls(space, budget, fit, cfg.engine_config, run_dir=str(run_dir), seed=cfg.seed, log=log,
                             starts=starts, **extra)
-        result = engine.run(resume=resume, settings=run_settings(cfg, fitness, store, tokens))
+        result = engine.run(resume=resume, settings=run_settings(cfg, fitness, store, tokens, train, train_tokens))
         baselines = {n: {"genome": list(g), "kl": result.start_scores[n], "sparsity": space.sparsity(g)}
                      for n, g in engine.starts.items()}
         if rounds is not None:

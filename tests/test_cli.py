@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from sparsearch.launch.cli import main
 
@@ -162,6 +163,47 @@ def test_search_command_engines_and_resume(engine, capsys, tmp_path, model_dir):
     if engine in ("uniform", "owl", "flap"):
         assert first["evaluations"] == 1 and first["baselines"][engine]["genome"] == first["best_genome"]
         assert first["fitness"]["kl"] == first["baselines"][engine]["kl"]
+
+
+def test_training_aware_search_trains_each_candidate_on_tokens_it_is_not_scored_on(capsys, tmp_path, model_dir):
+    """A schedule with training stages (``survivors:tokens:train_tokens``) runs through the command
+    line: the run keeps its training tokens (none of them a fitness sequence), the final stage
+    scores trained copies (the uniform genome's KL differs from the untrained schedule's), and
+    ``--resume`` with another training setting is refused naming it."""
+    import random
+
+    from safetensors.torch import load_file
+
+    m = str(model_dir / "model")
+    words = "prune layer head channel budget search model token sparse dense block".split()
+    rng = random.Random(0)
+    text = tmp_path / "varied.txt"  # not periodic, so that windows at different offsets differ
+    text.write_text(" ".join(rng.choice(words) + str(rng.randrange(100)) for _ in range(3000)))
+    common = ["--model", m, "--calib-text", str(text), "--calib-samples", "4", "--calib-seqlen", "32", "--quiet"]
+    sn = tmp_path / "sn"
+    assert main(["supernet", *common, "--out", str(sn), "--mlp-alignment", "8"]) == 0
+    search = ["search", *common, "--supernet", str(sn), "--generations", "1", "--offspring", "2"]
+    trained_run, plain_run = tmp_path / "trained", tmp_path / "plain"
+    trained_args = [*search, "--run-dir", str(trained_run), "--schedule", "2:64,1:128:256", "--train-lr", "1e-2"]
+    assert main(trained_args) == 0
+    assert main([*search, "--run-dir", str(plain_run), "--schedule", "2:64,1:128"]) == 0
+
+    train = load_file(str(trained_run / "train_tokens.safetensors"))["tokens"]
+    fit = load_file(str(trained_run / "fitness_tokens.safetensors"))["tokens"]
+    assert train.shape == (8, 32)  # 256 training tokens in sequences of 32
+    assert not {tuple(r) for r in train.tolist()} & {tuple(r) for r in fit.tolist()}
+    assert torch.equal(fit, load_file(str(plain_run / "fitness_tokens.safetensors"))["tokens"])
+    assert not (plain_run / "train_tokens.safetensors").exists()
+
+    trained, plain = (json.loads((r / "summary.json").read_text()) for r in (trained_run, plain_run))
+    assert trained["uniform"]["genome"] == plain["uniform"]["genome"]
+    assert trained["uniform"]["kl"] != pytest.approx(plain["uniform"]["kl"], rel=1e-3)
+    capsys.readouterr()
+    code = main([*trained_args[:-1], "1e-3", "--resume"])
+    assert "cannot resume: training was" in _one_error_line(capsys, code)
+    assert main([*trained_args, "--resume"]) == 0  # the same settings resume to the same answer
+    again = json.loads((trained_run / "summary.json").read_text())
+    assert again["best_genome"] == trained["best_genome"] and again["evaluations"] == trained["evaluations"]
 
 
 def test_search_can_start_from_the_best_baseline(capsys, tmp_path, model_dir):

@@ -76,6 +76,35 @@ def test_pool_scores_equal_in_process_and_survive_a_killed_actor(spec, local_ray
     assert result.best_fitness == pytest.approx(reference.best_fitness, rel=1e-5, abs=1e-7)
 
 
+def test_an_actors_evaluator_trains_on_the_specs_training_tokens(spec, tmp_path):
+    """What an actor builds from a spec with training stages (``build_evaluator``, here in process):
+    it trains on the spec's training tokens with the spec's settings, as an evaluator given them
+    directly does, and the trained score differs from the untrained one."""
+    import dataclasses
+
+    from safetensors.torch import load_file
+
+    from sparsearch.fitness.config import TrainConfig
+    from sparsearch.fitness.evaluator import Evaluator
+    from sparsearch.fitness.schedule import TokenSchedule
+    from sparsearch.supernet.models import load_model
+    from sparsearch.supernet.store import SupernetStore
+
+    train_tokens = torch.randint(0, 200, (4, 16), generator=torch.Generator().manual_seed(1))
+    save_file({"tokens": train_tokens}, str(tmp_path / "train.safetensors"))
+    schedule = ((2, 32, 0), (1, 64, 128))
+    trained_spec = dataclasses.replace(spec, schedule=schedule, train={"lr": 1e-2},
+                                       train_tokens=str(tmp_path / "train.safetensors"))
+    pool = InProcessPool(trained_spec)
+    genome = pool.evaluator.space.uniform(0.5)
+    model, _ = load_model(spec.model, dtype="float32")
+    direct = Evaluator(model, SupernetStore.open(spec.supernet), load_file(spec.tokens)["tokens"],
+                       TokenSchedule.of(schedule), train=TrainConfig(lr=1e-2), train_tokens=train_tokens)
+    assert pool.evaluate_many([genome], 1) == [pytest.approx(direct.evaluate(genome, 1), rel=1e-6)]
+    untrained = InProcessPool(spec).evaluate_many([genome], 1)[0]
+    assert pool.evaluate_many([genome], 1)[0] != pytest.approx(untrained, rel=1e-4)
+
+
 @pytest.mark.slow  # starts a second Ray node (about 3 minutes on 2 cores)
 def test_two_node_cluster_runs_evaluations_on_both_nodes(spec, tmp_path):
     from ray.cluster_utils import Cluster
