@@ -26,6 +26,41 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def heal_row(run_dir: Path, out: Path, method: str, tokens: int, *, lr: float, seqlen: int, calib, heldout,
+             log=log) -> dict:
+    """Heal the best genome of ``run_dir`` with ``method`` (lora or full) on ``tokens`` tokens into a copy of
+    its summary at ``out`` (reused when finished, resumed when interrupted); the row of numbers."""
+    from sparsearch.launch.heal import HEAL_SUMMARY, HealConfig, heal
+    from sparsearch.supernet.models import load_model
+
+    if not (out / HEAL_SUMMARY).is_file():
+        log(f"{run_dir.name}: {method}, {tokens:,} tokens")
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run_dir / "summary.json", out / "summary.json")
+        cfg = HealConfig(tokens=tokens, seqlen=seqlen, full=method == "full", lr=lr)
+        shutil.rmtree(out / "export-healed", ignore_errors=True)
+        heal(out, out / "export-healed", cfg, calib, load=load_model, heldout=heldout,
+             resume=(out / "heal").is_dir(), progress=True, log=log)
+        shutil.rmtree(out / "export-healed")  # only the numbers are kept
+    done = json.loads((out / HEAL_SUMMARY).read_text())
+    return {"method": method if tokens else "none", "tokens": done["tokens"],
+            "lr": done["settings"]["heal"]["lr"] if tokens else None,
+            "wikitext2_ppl": round(done["perplexity"]["after"], 2),
+            "distill_loss": [round(done["loss"]["first"], 4), round(done["loss"]["last"], 4)] if tokens else None,
+            "train_s": done["train_seconds"], "wall_s": done["wall_time_s"]}
+
+
+def data_configs(data_dir: str, eval_tokens: int):
+    """The calibration source healing trains on (the runs' own) and the held-out WikiText-2 test text."""
+    from sparsearch.fitness.data import CalibrationConfig
+    from sparsearch.launch.heldout import HeldoutConfig
+
+    data = Path(data_dir)
+    calib = CalibrationConfig(source="text", location=str(data / "calibration" / "python-docs.txt"))
+    heldout = HeldoutConfig(text=str(data / "wikitext-2-raw" / "wiki.test.raw"), seqlen=512, tokens=eval_tokens)
+    return calib, heldout
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--run-dir", required=True, help="a finished search run of smollm2-135m")
@@ -42,42 +77,21 @@ def main() -> None:
 
     import torch
 
-    from sparsearch.fitness.data import CalibrationConfig
-    from sparsearch.launch.heal import HEAL_SUMMARY, HealConfig, heal
-    from sparsearch.launch.heldout import HeldoutConfig
-    from sparsearch.supernet.models import load_model
-
     torch.set_num_threads(args.threads)
-    data = Path(args.data_dir)
-    calib = CalibrationConfig(source="text", location=str(data / "calibration" / "python-docs.txt"))
-    heldout = HeldoutConfig(text=str(data / "wikitext-2-raw" / "wiki.test.raw"), seqlen=512, tokens=args.eval_tokens)
-    summary = json.loads((Path(args.run_dir) / "summary.json").read_text())
+    calib, heldout = data_configs(args.data_dir, args.eval_tokens)
+    run_dir = Path(args.run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
     rows = []
     for method in args.methods.split(","):
         for tokens in [int(t) for t in args.tokens.split(",")]:
             if tokens == 0 and rows and rows[0]["tokens"] == 0:
                 continue  # the unhealed model is the same for every method
-            run = Path(args.out) / (f"{method}-{tokens}" if tokens else "unhealed")
-            if not (run / HEAL_SUMMARY).is_file():
-                log(f"{method}, {tokens:,} tokens")
-                run.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(Path(args.run_dir) / "summary.json", run / "summary.json")
-                cfg = HealConfig(tokens=tokens, seqlen=args.seqlen, full=method == "full",
-                                 lr=args.full_lr if method == "full" else args.lora_lr)
-                shutil.rmtree(run / "export-healed", ignore_errors=True)
-                heal(run, run / "export-healed", cfg, calib, load=load_model, heldout=heldout,
-                     resume=(run / "heal").is_dir(), progress=True, log=log)
-                shutil.rmtree(run / "export-healed")  # only the numbers are kept
-            done = json.loads((run / HEAL_SUMMARY).read_text())
-            rows.append({"method": method if tokens else "none", "tokens": done["tokens"],
-                         "lr": done["settings"]["heal"]["lr"] if tokens else None,
-                         "wikitext2_ppl": round(done["perplexity"]["after"], 2),
-                         "distill_loss": [round(done["loss"]["first"], 4), round(done["loss"]["last"], 4)]
-                         if tokens else None,
-                         "train_s": done["train_seconds"], "wall_s": done["wall_time_s"]})
+            out = Path(args.out) / (f"{method}-{tokens}" if tokens else "unhealed")
+            rows.append(heal_row(run_dir, out, method, tokens, lr=args.full_lr if method == "full" else args.lora_lr,
+                                 seqlen=args.seqlen, calib=calib, heldout=heldout))
             log(json.dumps(rows[-1]))
     unhealed = next((r["wikitext2_ppl"] for r in rows if r["tokens"] == 0), None)
-    report = {"model": summary["model"], "run_dir": str(Path(args.run_dir).absolute()), "engine": summary["engine"],
+    report = {"model": summary["model"], "run_dir": str(run_dir.absolute()), "engine": summary["engine"],
               "sparsity": round(summary["sparsity"], 4), "calibration": calib.location, "seqlen": args.seqlen,
               "eval_tokens": args.eval_tokens, "threads": args.threads, "results": rows,
               "ppl_over_unhealed": {f"{r['method']}-{r['tokens']}": round(r["wikitext2_ppl"] / unhealed, 3)

@@ -21,9 +21,10 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from sparsearch.fitness.config import TrainConfig
 from sparsearch.fitness.schedule import TokenSchedule
 from sparsearch.fitness.teacher import TeacherCache
-from sparsearch.fitness.training import TrainConfig, train_copy
+from sparsearch.fitness.training import train_copy
 from sparsearch.search.space import Genome
 from sparsearch.supernet.stitch import Stitcher
 from sparsearch.supernet.store import SupernetStore

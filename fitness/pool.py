@@ -46,7 +46,7 @@ def build_evaluator(spec: EvaluatorSpec):
 
     from sparsearch.fitness.evaluator import Evaluator
     from sparsearch.fitness.schedule import TokenSchedule
-    from sparsearch.fitness.training import TrainConfig
+    from sparsearch.fitness.config import TrainConfig
     from sparsearch.supernet.models import load_model
     from sparsearch.supernet.store import SupernetStore
 

@@ -7,10 +7,9 @@ from typing import Protocol
 
 import torch
 
-from sparsearch.fitness.config import FitnessConfig
+from sparsearch.fitness.config import FitnessConfig, TrainConfig
 from sparsearch.fitness.evaluator import Evaluator
 from sparsearch.fitness.teacher import TeacherCache
-from sparsearch.fitness.training import TrainConfig
 from sparsearch.launch.cluster import ClusterConfig, connect
 from sparsearch.search.config import as_dict
 from sparsearch.search.fitness import Fitness

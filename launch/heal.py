@@ -38,11 +38,11 @@ from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 from tqdm.auto import tqdm
 
+from sparsearch.fitness.config import TrainConfig
 from sparsearch.fitness.data import CalibrationConfig, calibration_tokens
 from sparsearch.fitness.metrics import perplexity
 from sparsearch.fitness.teacher import TeacherCache
-from sparsearch.fitness.training import (Trainer, TrainConfig, batch_rows, cached_distill_loss,
-                                         online_distill_loss)
+from sparsearch.fitness.training import Trainer, batch_rows, cached_distill_loss, online_distill_loss
 from sparsearch.launch.heldout import HeldoutConfig, heldout_windows
 from sparsearch.search.atomic import atomic_write, atomic_write_json, read_json_object
 from sparsearch.search.config import as_dict, require, setting

@@ -14,9 +14,8 @@ import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 
-from sparsearch.fitness.config import FitnessConfig
+from sparsearch.fitness.config import FitnessConfig, TrainConfig
 from sparsearch.fitness.data import CalibrationConfig, calibration_tokens
-from sparsearch.fitness.training import TrainConfig
 from sparsearch.launch.cluster import ClusterConfig
 from sparsearch.launch.config import SearchConfig
 from sparsearch.launch.evaluators import FitnessFactory, OpenFitness
