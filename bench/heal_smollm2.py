@@ -43,6 +43,8 @@ def heal_row(run_dir: Path, out: Path, method: str, tokens: int, *, lr: float, s
              resume=(out / "heal").is_dir(), progress=True, log=log)
         shutil.rmtree(out / "export-healed")  # only the numbers are kept
     done = json.loads((out / HEAL_SUMMARY).read_text())
+    if tokens and (done["settings"]["heal"]["lr"], done["settings"]["heal"]["full"]) != (lr, method == "full"):
+        raise SystemExit(f"{out} holds a heal with other settings ({done['settings']['heal']}); use another --out")
     return {"method": method if tokens else "none", "tokens": done["tokens"],
             "lr": done["settings"]["heal"]["lr"] if tokens else None,
             "wikitext2_ppl": round(done["perplexity"]["after"], 2),

@@ -50,7 +50,7 @@ def main() -> None:
     p.add_argument("--calib-seqlen", default="512", help="the KL run's")
     p.add_argument("--train-lr", default="1e-4")
     p.add_argument("--train-batch-size", default="1")
-    p.add_argument("--heal", default="full:200000", help="METHOD:TOKENS healing both genomes")
+    p.add_argument("--heal", default="full:200000", help="METHOD:TOKENS healing both genomes (none: search only)")
     p.add_argument("--heal-lr", type=float, default=1e-4)
     p.add_argument("--heal-seqlen", type=int, default=512)
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
@@ -86,11 +86,13 @@ def main() -> None:
             raise SystemExit("the training-aware search failed")
     trained_summary = json.loads((run / "summary.json").read_text())
 
+    if args.heal == "none":
+        return
     method, tokens = args.heal.split(":")
     heal_out = Path(args.heal_out)
     rows = {}
     for name, run_dir, summary in (("kl", kl_run, kl_summary), ("train_aware", run, trained_summary)):
-        label = f"{method}-{tokens}" if name == "kl" else f"train-aware-{method}-{tokens}"
+        label = f"{method}-{tokens}" if name == "kl" else f"train-aware-{method}-{tokens}-lr{args.heal_lr:g}"
         row = heal_row(run_dir, heal_out / label, method, int(tokens), lr=args.heal_lr,
                        seqlen=args.heal_seqlen, calib=calib, heldout=heldout)
         done = json.loads((heal_out / label / "heal.json").read_text())
