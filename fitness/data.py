@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from sparsearch.search.config import require, require_choice, setting
 from sparsearch.search.errors import SparsearchError, SparsearchWarning, first_line
-from sparsearch.supernet.modules import cache_keyword
+from sparsearch.supernet.modules import cache_keyword, output_cache
 
 SOURCES = ("self", "text", "dataset")
 _LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -179,7 +179,7 @@ def sample_from_model(
         past, step_in = None, seq
         while seq.shape[1] < seqlen:
             res = model(input_ids=step_in, use_cache=True, **({} if past is None else {keyword: past}))
-            past = res.past_key_values
+            past = output_cache(res)
             logits = res.logits[:, -1, :].float()
             if special:
                 logits[:, sorted(i for i in special if i < logits.shape[1])] = -float("inf")

@@ -196,7 +196,9 @@ class SparsearchModel(SparsearchPreTrainedModel):
         mask = _mask(attention_mask, slots, past + t, self.config.sliding_window, t)
         for layer in self.layers:
             h = layer(h, pe, mask, past_key_values)
-        return BaseModelOutputWithPast(last_hidden_state=self.norm(h), past_key_values=past_key_values)
+        # positional: the cache field is ``cache`` from transformers 5.24 on, ``past_key_values`` before
+        # (naming the old one makes 5.24 warn that it is deprecated)
+        return BaseModelOutputWithPast(self.norm(h), past_key_values)
 
 
 class SparsearchForCausalLM(SparsearchPreTrainedModel, GenerationMixin):
@@ -211,6 +213,8 @@ class SparsearchForCausalLM(SparsearchPreTrainedModel, GenerationMixin):
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0, cache=None, **kwargs):
         past_key_values = cache if cache is not None else past_key_values
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache()
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                          past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache)
         h = out.last_hidden_state
@@ -220,7 +224,7 @@ class SparsearchForCausalLM(SparsearchPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1))
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        return CausalLMOutputWithPast(loss, logits, past_key_values)  # positional, as in SparsearchModel
 
 
 class SparsearchNemotronNASForCausalLM(SparsearchForCausalLM):

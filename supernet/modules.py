@@ -30,6 +30,12 @@ def cache_keyword(block: nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(block.forward).parameters else "past_key_values"
 
 
+def output_cache(output) -> object:
+    """The KV cache of a model output: its field ``cache`` (transformers >= 5.24, which warns that
+    ``past_key_values`` is deprecated) or ``past_key_values`` (earlier releases)."""
+    return output["cache"] if "cache" in output else output.past_key_values
+
+
 def _linear(weight: Tensor, bias: Tensor | None, like: nn.Linear) -> nn.Linear:
     out_f, in_f = weight.shape
     lin = nn.Linear(in_f, out_f, bias=bias is not None, device="meta")

@@ -186,3 +186,25 @@ def test_block_configs_read_as_attributes_and_stay_json():
     cfg = SparsearchConfig(block_configs=blocks, layer_configs=[])
     assert cfg.block_configs[0].attention.no_op is True and cfg.block_configs[0].ffn.ffn_mult == 6.0
     assert json.loads(cfg.to_json_string())["block_configs"] == blocks
+
+
+def test_cached_decoding_and_self_generation_use_no_deprecated_cache_name(candidate):
+    """transformers 5.24 renamed the KV cache of model outputs to ``cache`` and logs that
+    ``past_key_values`` is deprecated; the exported model and self-generated calibration use the
+    installed release's name, so neither logs it."""
+    from conftest import tiny_tokenizer
+    from sparsearch.fitness.data import sample_from_model
+
+    _, _, _, loaded, _, tokens = candidate
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("transformers").addHandler(handler)
+    logging.Logger.warning_once.cache_clear()  # logged once per process: earlier tests may have logged it
+    try:
+        loaded.generate(tokens[:1, :6], attention_mask=torch.ones(1, 6, dtype=torch.long), max_new_tokens=3,
+                        do_sample=False, pad_token_id=0)
+        sample_from_model(loaded, tiny_tokenizer(vocab_size=128), samples=1, seqlen=6, seed=0)
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+    assert not [r.getMessage() for r in records if "deprecated" in r.getMessage()]
