@@ -6,12 +6,13 @@ healing, on the default model (SmolLM2-135M). Prints one JSON object (also OUT/t
         [--schedule 4:256,2:1024:4096,1:2048:8192] [--train-lr 1e-4] [--train-batch-size 1] \\
         [--heal full:200000] [--heal-out bench/out/heal] [--out bench/out/train_aware]
 
-The KL run is a finished ``sparsearch search`` with evolution (``bench/end_to_end_smollm2.py``
-makes it). The training-aware run searches with the same engine, start, target, offspring,
-calibration and seed on ``--schedule``, whose stages train every candidate entering them before
-scoring it; it runs one generation per invocation (``--resume --generations g``) until its search
-time (the engine's own clock, from the checkpoint: the start's probes and every generation, not
-the loading) reaches the KL run's. Its first stage does not train, so the knapsack probes, and
+The KL run is a ``sparsearch search`` with evolution (``bench/end_to_end_smollm2.py`` makes it),
+finished or still running: run both at once to give them the same share of the machine. The
+training-aware run searches with the same engine, start, target, offspring, calibration and seed
+on ``--schedule``, whose stages train every candidate entering them before scoring it; it runs one
+generation per invocation (``--resume --generations g``) until the KL run has finished and its own
+search time (the engine's own clock, from the checkpoint: the start's probes and every
+generation, not the loading) has reached the KL run's. Its first stage does not train, so the knapsack probes, and
 with them the start, are the KL run's. Both best genomes are then healed the same way
 (``bench/heal_smollm2.py``'s rows, under ``--heal-out``, so the KL run's healed row is shared with
 that benchmark) and scored on WikiText-2 test text. Fitness values of the two runs are not
@@ -32,8 +33,9 @@ from heal_smollm2 import data_configs, heal_row, log  # noqa: E402
 
 
 def search_seconds(run_dir: Path) -> float:
-    """The engine's own clock of a run (the checkpoint's, summed over resumes)."""
-    return json.loads((run_dir / "checkpoint.json").read_text())["wall_time_s"]
+    """The engine's own clock of a run (the checkpoint's, summed over resumes; 0 before the first)."""
+    path = run_dir / "checkpoint.json"
+    return json.loads(path.read_text())["wall_time_s"] if path.is_file() else 0.0
 
 
 def steps(run_dir: Path) -> int:
@@ -66,24 +68,23 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     kl_run, out = Path(args.kl_run), Path(args.out)
-    kl_summary = json.loads((kl_run / "summary.json").read_text())
-    budget_s = search_seconds(kl_run)
+    kl_settings = json.loads((kl_run / "settings.json").read_text())
     calib, heldout = data_configs(args.data_dir, args.eval_tokens)
     run = out / "run"
-    seed = json.loads((kl_run / "settings.json").read_text())["seed"]
-    flags = ["search", "--supernet", args.supernet, "--run-dir", str(run), "--engine", kl_summary["engine"],
-             "--target-sparsity", str(kl_summary["target_sparsity"]), "--init", args.init, "--offspring", args.offspring,
-             "--seed", str(seed), "--schedule", args.schedule, "--train-lr", args.train_lr,
+    flags = ["search", "--supernet", args.supernet, "--run-dir", str(run), "--engine", kl_settings["engine"],
+             "--target-sparsity", str(kl_settings["target_sparsity"]), "--init", args.init, "--offspring", args.offspring,
+             "--seed", str(kl_settings["seed"]), "--schedule", args.schedule, "--train-lr", args.train_lr,
              "--train-batch-size", args.train_batch_size, "--calib-text", calib.location,
              "--calib-seqlen", args.calib_seqlen, "--quiet"]
     generations = steps(run) if (run / "checkpoint.json").is_file() else 0
-    while not generations or search_seconds(run) < budget_s:
+    while not (generations and (kl_run / "summary.json").is_file() and search_seconds(run) >= search_seconds(kl_run)):
         generations += 1
-        log(f"training-aware search: generation {generations} "
-            f"({search_seconds(run) if generations > 1 else 0:.0f} of {budget_s:.0f} s)")
+        log(f"training-aware search: generation {generations} ({search_seconds(run):.0f} s; "
+            f"the KL run: {search_seconds(kl_run):.0f} s{'' if (kl_run / 'summary.json').is_file() else ', running'})")
         resume = ["--resume"] if (run / "checkpoint.json").is_file() else []
         if cli([*flags, "--generations", str(generations), *resume]):
             raise SystemExit("the training-aware search failed")
+    kl_summary = json.loads((kl_run / "summary.json").read_text())
     trained_summary = json.loads((run / "summary.json").read_text())
 
     if args.heal == "none":
