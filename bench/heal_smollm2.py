@@ -38,18 +38,55 @@ def heal_row(run_dir: Path, out: Path, method: str, tokens: int, *, lr: float, s
         out.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(run_dir / "summary.json", out / "summary.json")
         cfg = HealConfig(tokens=tokens, seqlen=seqlen, full=method == "full", lr=lr)
+        if tokens:
+            share_data(out, cfg, calib, log)
         shutil.rmtree(out / "export-healed", ignore_errors=True)
         heal(out, out / "export-healed", cfg, calib, load=load_model, heldout=heldout,
              resume=(out / "heal").is_dir(), progress=True, log=log)
         shutil.rmtree(out / "export-healed")  # only the numbers are kept
     done = json.loads((out / HEAL_SUMMARY).read_text())
+    shared = out / DATA_FROM
     if tokens and (done["settings"]["heal"]["lr"], done["settings"]["heal"]["full"]) != (lr, method == "full"):
         raise SystemExit(f"{out} holds a heal with other settings ({done['settings']['heal']}); use another --out")
     return {"method": method if tokens else "none", "tokens": done["tokens"],
             "lr": done["settings"]["heal"]["lr"] if tokens else None,
             "wikitext2_ppl": round(done["perplexity"]["after"], 2),
             "distill_loss": [round(done["loss"]["first"], 4), round(done["loss"]["last"], 4)] if tokens else None,
-            "train_s": done["train_seconds"], "wall_s": done["wall_time_s"]}
+            "train_s": done["train_seconds"], "wall_s": done["wall_time_s"],
+            "data_from": shared.read_text().strip() if shared.is_file() else None}
+
+
+DATA_FROM = "data_from.txt"
+
+
+def share_data(out: Path, cfg, calib, log=log) -> None:
+    """Copy into row ``out`` the training tokens and teacher cache of a sibling row that computed
+    them for the same tokens, sequence length, teacher top-k, batch size and calibration source
+    (they do not depend on the genome, the method or the learning rate), so the teacher runs once
+    per token count; the row's ``data_from`` names the source (its ``wall_s`` then leaves out the
+    teacher pass, which the source's includes)."""
+    import dataclasses
+    import os
+
+    from sparsearch.launch.heal import HEAL_DIR
+
+    mine = out / HEAL_DIR / "data.safetensors"
+    if mine.is_file():
+        return
+    want = {"calibration": dataclasses.replace(calib, samples=cfg.sequences, seqlen=cfg.seqlen).describe(),
+            **{k: getattr(cfg, k) for k in ("tokens", "seqlen", "teacher_topk", "batch_size")}}
+    for sibling in sorted(out.parent.iterdir()):
+        data, settings = sibling / HEAL_DIR / "data.safetensors", sibling / HEAL_DIR / "settings.json"
+        if sibling == out or not (data.is_file() and settings.is_file()):
+            continue
+        s = json.loads(settings.read_text())
+        if {"calibration": s["calibration"], **{k: s["heal"][k] for k in want if k != "calibration"}} == want:
+            mine.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(data, mine.with_suffix(".tmp"))
+            os.replace(mine.with_suffix(".tmp"), mine)
+            (out / DATA_FROM).write_text(sibling.name + "\n")
+            log(f"training tokens and teacher cache copied from {sibling.name}")
+            return
 
 
 def data_configs(data_dir: str, eval_tokens: int):
