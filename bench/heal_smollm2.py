@@ -26,6 +26,10 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+DATA_FROM = "data_from.txt"  # in a row: the sibling row whose training data it copied
+SHARED_BY = ("tokens", "seqlen", "teacher_topk", "batch_size")  # HealConfig fields the training data depends on
+
+
 def heal_row(run_dir: Path, out: Path, method: str, tokens: int, *, lr: float, seqlen: int, calib, heldout,
              log=log) -> dict:
     """Heal the best genome of ``run_dir`` with ``method`` (lora or full) on ``tokens`` tokens into a copy of
@@ -56,9 +60,6 @@ def heal_row(run_dir: Path, out: Path, method: str, tokens: int, *, lr: float, s
             "data_from": shared.read_text().strip() if shared.is_file() else None}
 
 
-DATA_FROM = "data_from.txt"
-
-
 def share_data(out: Path, cfg, calib, log=log) -> None:
     """Copy into row ``out`` the training tokens and teacher cache of a sibling row that computed
     them for the same tokens, sequence length, teacher top-k, batch size and calibration source
@@ -66,24 +67,21 @@ def share_data(out: Path, cfg, calib, log=log) -> None:
     per token count; the row's ``data_from`` names the source (its ``wall_s`` then leaves out the
     teacher pass, which the source's includes)."""
     import dataclasses
-    import os
 
     from sparsearch.launch.heal import HEAL_DIR
+    from sparsearch.search.atomic import atomic_write
 
     mine = out / HEAL_DIR / "data.safetensors"
     if mine.is_file():
         return
-    want = {"calibration": dataclasses.replace(calib, samples=cfg.sequences, seqlen=cfg.seqlen).describe(),
-            **{k: getattr(cfg, k) for k in ("tokens", "seqlen", "teacher_topk", "batch_size")}}
+    source = dataclasses.replace(calib, samples=cfg.sequences, seqlen=cfg.seqlen).describe()  # as heal() records it
     for sibling in sorted(out.parent.iterdir()):
         data, settings = sibling / HEAL_DIR / "data.safetensors", sibling / HEAL_DIR / "settings.json"
         if sibling == out or not (data.is_file() and settings.is_file()):
             continue
         s = json.loads(settings.read_text())
-        if {"calibration": s["calibration"], **{k: s["heal"][k] for k in want if k != "calibration"}} == want:
-            mine.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(data, mine.with_suffix(".tmp"))
-            os.replace(mine.with_suffix(".tmp"), mine)
+        if s["calibration"] == source and all(s["heal"][k] == getattr(cfg, k) for k in SHARED_BY):
+            atomic_write(mine, data.read_bytes())
             (out / DATA_FROM).write_text(sibling.name + "\n")
             log(f"training tokens and teacher cache copied from {sibling.name}")
             return

@@ -12,8 +12,8 @@ training-aware run searches with the same engine, start, target, offspring, cali
 on ``--schedule``, whose stages train every candidate entering them before scoring it; it runs one
 generation per invocation (``--resume --generations g``) until the KL run has finished and its own
 search time (the engine's own clock, from the checkpoint: the start's probes and every
-generation, not the loading) has reached the KL run's. Its first stage does not train, so the knapsack probes, and
-with them the start, are the KL run's. Both best genomes are then healed the same way
+generation, not the loading) has reached the KL run's. Its first stage does not train, so the
+knapsack probes, and with them the start, are the KL run's. Both best genomes are then healed the same way
 (``bench/heal_smollm2.py``'s rows, under ``--heal-out``, so the KL run's healed row is shared with
 that benchmark) and scored on WikiText-2 test text. Fitness values of the two runs are not
 comparable (the trained run scores trained copies); perplexity before and after healing is.
@@ -77,10 +77,13 @@ def main() -> None:
              "--train-batch-size", args.train_batch_size, "--calib-text", calib.location,
              "--calib-seqlen", args.calib_seqlen, "--quiet"]
     generations = steps(run) if (run / "checkpoint.json").is_file() else 0
-    while not (generations and (kl_run / "summary.json").is_file() and search_seconds(run) >= search_seconds(kl_run)):
+    while True:
+        kl_finished = (kl_run / "summary.json").is_file()
+        if generations and kl_finished and search_seconds(run) >= search_seconds(kl_run):
+            break
         generations += 1
         log(f"training-aware search: generation {generations} ({search_seconds(run):.0f} s; "
-            f"the KL run: {search_seconds(kl_run):.0f} s{'' if (kl_run / 'summary.json').is_file() else ', running'})")
+            f"the KL run: {search_seconds(kl_run):.0f} s{'' if kl_finished else ', running'})")
         resume = ["--resume"] if (run / "checkpoint.json").is_file() else []
         if cli([*flags, "--generations", str(generations), *resume]):
             raise SystemExit("the training-aware search failed")
