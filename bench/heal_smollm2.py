@@ -4,7 +4,7 @@ full-parameter training at several token counts; WikiText-2 test perplexity and 
 each. Prints one JSON object (also written to OUT/heal.json).
 
     python bench/heal_smollm2.py --run-dir bench/out/end_to_end_v2/0.5/evolution+knapsack \\
-        [--tokens 0,50000,200000,1000000] [--methods lora,full] [--eval-tokens 32768]
+        [--tokens 0,50000,200000,1000000] [--methods lora,full] [--calib text|self] [--eval-tokens 32768]
 
 Each (method, tokens) heals a copy of the run's summary under OUT, so the run itself is not
 touched; a finished one (its ``heal.json`` exists) is reused, an interrupted one resumes.
@@ -87,13 +87,15 @@ def share_data(out: Path, cfg, calib, log=log) -> None:
             return
 
 
-def data_configs(data_dir: str, eval_tokens: int):
-    """The calibration source healing trains on (the runs' own) and the held-out WikiText-2 test text."""
+def data_configs(data_dir: str, eval_tokens: int, source: str = "text"):
+    """The calibration source healing trains on (``text``: the runs' own Python-docs text; ``self``:
+    sequences sampled from the dense model) and the held-out WikiText-2 test text."""
     from sparsearch.fitness.data import CalibrationConfig
     from sparsearch.launch.heldout import HeldoutConfig
 
     data = Path(data_dir)
-    calib = CalibrationConfig(source="text", location=str(data / "calibration" / "python-docs.txt"))
+    calib = (CalibrationConfig(source="self") if source == "self" else
+             CalibrationConfig(source="text", location=str(data / "calibration" / "python-docs.txt")))
     heldout = HeldoutConfig(text=str(data / "wikitext-2-raw" / "wiki.test.raw"), seqlen=512, tokens=eval_tokens)
     return calib, heldout
 
@@ -106,6 +108,8 @@ def main() -> None:
     p.add_argument("--lora-lr", type=float, default=1e-3)
     p.add_argument("--full-lr", type=float, default=1e-4)
     p.add_argument("--seqlen", type=int, default=512)
+    p.add_argument("--calib", choices=("text", "self"), default="text",
+                   help="training tokens: the calibration text, or samples of the dense model")
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     p.add_argument("--eval-tokens", type=int, default=32768)
     p.add_argument("--threads", type=int, default=2)
@@ -115,7 +119,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    calib, heldout = data_configs(args.data_dir, args.eval_tokens)
+    calib, heldout = data_configs(args.data_dir, args.eval_tokens, args.calib)
     run_dir = Path(args.run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
     rows = []
@@ -129,8 +133,8 @@ def main() -> None:
             log(json.dumps(rows[-1]))
     unhealed = next((r["wikitext2_ppl"] for r in rows if r["tokens"] == 0), None)
     report = {"model": summary["model"], "run_dir": str(run_dir.absolute()), "engine": summary["engine"],
-              "sparsity": round(summary["sparsity"], 4), "calibration": calib.location, "seqlen": args.seqlen,
-              "eval_tokens": args.eval_tokens, "threads": args.threads, "results": rows,
+              "sparsity": round(summary["sparsity"], 4), "calibration": calib.location or calib.source,
+              "seqlen": args.seqlen, "eval_tokens": args.eval_tokens, "threads": args.threads, "results": rows,
               "ppl_over_unhealed": {f"{r['method']}-{r['tokens']}": round(r["wikitext2_ppl"] / unhealed, 3)
                                     for r in rows if unhealed and r["tokens"]}}
     text = json.dumps(report, indent=1)
