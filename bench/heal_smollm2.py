@@ -87,7 +87,7 @@ def share_data(out: Path, cfg, calib, log=log) -> None:
             return
 
 
-def data_configs(data_dir: str, eval_tokens: int, source: str = "text"):
+def data_configs(data_dir: str, eval_tokens: int, source: str):
     """The calibration source healing trains on (``text``: the runs' own Python-docs text; ``self``:
     sequences sampled from the dense model) and the held-out WikiText-2 test text."""
     from sparsearch.fitness.data import CalibrationConfig
@@ -108,8 +108,9 @@ def main() -> None:
     p.add_argument("--lora-lr", type=float, default=1e-3)
     p.add_argument("--full-lr", type=float, default=1e-4)
     p.add_argument("--seqlen", type=int, default=512)
-    p.add_argument("--calib", choices=("text", "self"), default="text",
-                   help="training tokens: the calibration text, or samples of the dense model")
+    p.add_argument("--calib", choices=("text", "self"), default="self",
+                   help="training tokens: samples of the dense model (the product's default calibration), "
+                        "or the Python-docs calibration text")
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     p.add_argument("--eval-tokens", type=int, default=32768)
     p.add_argument("--threads", type=int, default=2)

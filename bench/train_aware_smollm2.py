@@ -69,7 +69,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     kl_run, out = Path(args.kl_run), Path(args.out)
     kl_settings = json.loads((kl_run / "settings.json").read_text())
-    calib, heldout = data_configs(args.data_dir, args.eval_tokens)
+    calib, heldout = data_configs(args.data_dir, args.eval_tokens, "text")  # as measured in the README
     run = out / "run"
     flags = ["search", "--supernet", args.supernet, "--run-dir", str(run), "--engine", kl_settings["engine"],
              "--target-sparsity", str(kl_settings["target_sparsity"]), "--init", args.init, "--offspring", args.offspring,
