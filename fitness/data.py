@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import warnings
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,10 +162,17 @@ def dataset_text(spec: str) -> str:
 
 @torch.no_grad()
 def sample_from_model(
-    model, tokenizer, samples: int, seqlen: int, seed: int, batch_size: int = 16, progress: bool = False
+    model, tokenizer, samples: int, seqlen: int, seed: int, batch_size: int = 16, progress: bool = False,
+    on_logits: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Self-generated calibration: each sequence starts at a random non-special token and is
-    continued by ancestral sampling (temperature 1) from the dense model with a KV cache."""
+    continued by ancestral sampling (temperature 1) from the dense model with a KV cache.
+
+    ``on_logits(row, logits)``, when given, is called at every position of every sequence, in
+    order, with the model's float32 logits there (``b x V`` for the batch of sequences starting at
+    ``row``, before special tokens are masked), the last position included (one more step, which
+    draws nothing): what a forward pass over the finished samples would compute, up to rounding.
+    The samples do not depend on it."""
     device = next(model.parameters()).device
     g = torch.Generator(device=device).manual_seed(seed)
     special = set(tokenizer.all_special_ids)
@@ -181,11 +189,16 @@ def sample_from_model(
             res = model(input_ids=step_in, use_cache=True, **({} if past is None else {keyword: past}))
             past = output_cache(res)
             logits = res.logits[:, -1, :].float()
+            if on_logits is not None:
+                on_logits(start, logits.clone())
             if special:
                 logits[:, sorted(i for i in special if i < logits.shape[1])] = -float("inf")
             step_in = torch.multinomial(torch.softmax(logits, -1), 1, generator=g)
             seq = torch.cat([seq, step_in], 1)
             bar.update(b)
+        if on_logits is not None:  # the last position's logits: nothing is drawn from them
+            last = model(input_ids=step_in, use_cache=True, **({} if past is None else {keyword: past}))
+            on_logits(start, last.logits[:, -1, :].float())
         out.append(seq.cpu())
         bar.update(b)
     bar.close()

@@ -46,12 +46,24 @@ class TeacherCache:
         return cls(*(torch.cat([getattr(p, f) for p in parts]) for f in cls.__dataclass_fields__))
 
     @classmethod
+    def sample(cls, model, tokenizer, samples: int, seqlen: int, seed: int, k: int = 64, batch_size: int = 16,
+               progress: bool = False) -> "TeacherCache":
+        """Sequences sampled from ``model`` (the tokens of :func:`~sparsearch.fitness.data.sample_from_model`
+        with the same arguments) with the cache of its logits on them, kept from the sampling steps
+        instead of a second forward pass: equal, up to the rounding of a KV-cached step against a
+        full-sequence pass, to :meth:`compute` on the same tokens."""
+        from sparsearch.fitness.data import sample_from_model
+
+        steps: dict[int, list[tuple[Tensor, ...]]] = {}
+        tokens = sample_from_model(model, tokenizer, samples, seqlen, seed, batch_size, progress,
+                                   on_logits=lambda row, logits: steps.setdefault(row, []).append(_top_k(logits, k)))
+        rows = [[torch.stack(field, 1) for field in zip(*steps[row])] for row in sorted(steps)]  # b x T (x k)
+        return cls(tokens, *(torch.cat(field) for field in zip(*rows)))
+
+    @classmethod
     def from_logits(cls, tokens: Tensor, logits: Tensor, k: int) -> "TeacherCache":
         """The cache of teacher ``logits`` (N x T x V) on ``tokens`` (N x T)."""
-        logits = logits.float()
-        top = logits.topk(min(k, logits.shape[-1]), dim=-1)
-        return cls(tokens.cpu(), top.values.cpu(), top.indices.cpu(), torch.logsumexp(logits, -1).cpu(),
-                   rest_logsumexp(logits, top.indices).cpu())
+        return cls(tokens.cpu(), *_top_k(logits, k))
 
     @property
     def k(self) -> int:
@@ -81,6 +93,15 @@ class TeacherCache:
         rest = torch.where(torch.isfinite(log_p_rest), log_p_rest.exp() * (log_p_rest - log_q_rest),
                            torch.zeros_like(log_p_rest))
         return kl + rest
+
+
+def _top_k(logits: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The cached fields of ``logits`` (... x V) on the CPU: top-k values (float32) and indices,
+    logsumexp, and logsumexp of the rest."""
+    logits = logits.float()
+    top = logits.topk(min(k, logits.shape[-1]), dim=-1)
+    return (top.values.cpu(), top.indices.cpu(), torch.logsumexp(logits, -1).cpu(),
+            rest_logsumexp(logits, top.indices).cpu())
 
 
 def rest_logsumexp(logits: Tensor, index: Tensor) -> Tensor:

@@ -1,3 +1,4 @@
+import copy
 import json
 
 import pytest
@@ -6,6 +7,7 @@ import torch
 from conftest import TEXT, tiny_model, tiny_tokenizer
 from sparsearch.fitness.data import CalibrationConfig, calibration_tokens, sample_from_model, tokenize_text, windows
 from sparsearch.fitness.metrics import eval_windows, kl_per_token, perplexity
+from sparsearch.fitness.teacher import TeacherCache
 from sparsearch.search.errors import SparsearchError
 
 
@@ -111,3 +113,34 @@ def test_long_texts_tokenize_in_pieces_to_the_same_ids(make, monkeypatch):
     cut = data._line_chunks(text, 97)
     assert len(cut) > 50 and "".join(cut) == text
     assert torch.equal(tokenize_text(text, tok), whole)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_teacher_cache_kept_while_sampling_equals_a_teacher_pass(dtype):
+    """TeacherCache.sample: the tokens of sample_from_model and the cache of a forward pass over
+    them, measured by what it is for, the top-k KL to a student, against a float64 reference."""
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    model = tiny_model("llama", vocab_size=len(tok)).to(dtype)
+    fused = TeacherCache.sample(model, tok, samples=3, seqlen=12, seed=7, k=16, batch_size=2)
+    assert torch.equal(fused.tokens, sample_from_model(model, tok, samples=3, seqlen=12, seed=7, batch_size=2))
+    passed = TeacherCache.compute(model, fused.tokens, k=16)
+    reference_model = copy.deepcopy(model).double()
+    reference = TeacherCache.compute(reference_model, fused.tokens, k=16)
+    assert fused.top_logits.shape == (3, 12, 16) and fused.lse.shape == (3, 12)
+    if dtype == torch.float32:
+        assert torch.equal(fused.top_index, passed.top_index)
+        for f in ("top_logits", "lse", "rest_lse"):
+            torch.testing.assert_close(getattr(fused, f), getattr(passed, f), rtol=1e-5, atol=1e-5)
+    student = copy.deepcopy(reference_model)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        s_logits = student(input_ids=fused.tokens).logits
+    kl_ref = reference.kl(slice(0, 3), s_logits)
+    err_fused = (fused.kl(slice(0, 3), s_logits) - kl_ref).abs().max()
+    err_pass = (passed.kl(slice(0, 3), s_logits) - kl_ref).abs().max()
+    # the cache kept while sampling is as accurate as the teacher pass it replaces (rounding of the
+    # model's dtype: float32 ~1e-6, bf16 ~1e-2 here)
+    assert err_fused <= 2 * err_pass + 1e-5, (err_fused, err_pass)
+    assert err_fused <= (1e-5 if dtype == torch.float32 else 0.1) * kl_ref.abs().max()

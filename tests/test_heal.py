@@ -53,8 +53,8 @@ def _top_k_kl(model, cache: TeacherCache) -> float:
         return cache.kl(slice(None), model(input_ids=cache.tokens, use_cache=False).logits).mean().item()
 
 
-@pytest.mark.parametrize("method", ["lora", "full", "full-bf16", "lora-online"])
-def test_heal_lowers_the_kl_and_exports_the_trained_model(method, searched, tmp_path):
+@pytest.mark.parametrize("method", ["lora", "full", "full-bf16", "lora-online", "full-self"])
+def test_heal_lowers_the_kl_and_exports_the_trained_model(method, searched, tmp_path, monkeypatch):
     run0, m, text = searched
     run = _fresh_run(searched, tmp_path)
     summary = json.loads((run / "summary.json").read_text())
@@ -64,8 +64,10 @@ def test_heal_lowers_the_kl_and_exports_the_trained_model(method, searched, tmp_
     before_files = _digest(Path(m)), _digest(Path(summary["supernet"]))
     cfg = HealConfig(tokens=8192, seqlen=32, full=method.startswith("full"), lr=1e-3 if method.startswith("full") else 1e-2,
                      teacher_topk=0 if method.endswith("online") else 16)
-    healed = heal(run, tmp_path / "healed", cfg, CalibrationConfig(source="text", location=text),
-                  load=lambda spec: (model, tok), dtype=dtype)
+    calib = CalibrationConfig(source="self") if method.endswith("self") else CalibrationConfig(source="text", location=text)
+    if method.endswith("self"):  # no second pass of the teacher over its own samples
+        monkeypatch.setattr(TeacherCache, "compute", lambda *a, **k: pytest.fail("teacher pass over sampled tokens"))
+    healed = heal(run, tmp_path / "healed", cfg, calib, load=lambda spec: (model, tok), dtype=dtype)
 
     # the dense model (in memory and on disk) and the supernet are untouched
     state = model.state_dict()
@@ -86,6 +88,10 @@ def test_heal_lowers_the_kl_and_exports_the_trained_model(method, searched, tmp_
     data = load_file(str(run / "heal" / "data.safetensors"))
     with torch.no_grad():
         cache = TeacherCache.from_logits(data["tokens"], load_model(m)[0](input_ids=data["tokens"]).logits, 16)
+    if method.endswith("self"):  # sampled sequences, and the teacher logits kept while sampling them
+        assert not set(data["tokens"].flatten().tolist()) & set(tok.all_special_ids)
+        assert torch.equal(data["top_index"], cache.top_index)
+        torch.testing.assert_close(data["top_logits"], cache.top_logits, rtol=1e-5, atol=1e-5)
     plain = AutoModelForCausalLM.from_pretrained(run0 / "export", trust_remote_code=True).eval()
     kl_plain, kl_healed = _top_k_kl(plain, cache), _top_k_kl(loaded.float(), cache)
     assert kl_healed < 0.8 * kl_plain, (kl_plain, kl_healed)
