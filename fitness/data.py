@@ -179,6 +179,10 @@ def sample_from_model(
     vocab = model.get_output_embeddings().weight.shape[0]
     allowed = torch.tensor([i for i in range(min(vocab, len(tokenizer))) if i not in special], device=device)
     keyword = cache_keyword(model)
+
+    def step(ids, past):
+        return model(input_ids=ids, use_cache=True, **({} if past is None else {keyword: past}))
+
     out = []
     bar = tqdm(total=samples * seqlen, desc="sampling calibration", unit="tok", disable=not progress)
     for start in range(0, samples, batch_size):
@@ -186,7 +190,7 @@ def sample_from_model(
         seq = allowed[torch.randint(0, len(allowed), (b, 1), generator=g, device=device)]
         past, step_in = None, seq
         while seq.shape[1] < seqlen:
-            res = model(input_ids=step_in, use_cache=True, **({} if past is None else {keyword: past}))
+            res = step(step_in, past)
             past = output_cache(res)
             logits = res.logits[:, -1, :].float()
             if on_logits is not None:
@@ -197,8 +201,7 @@ def sample_from_model(
             seq = torch.cat([seq, step_in], 1)
             bar.update(b)
         if on_logits is not None:  # the last position's logits: nothing is drawn from them
-            last = model(input_ids=step_in, use_cache=True, **({} if past is None else {keyword: past}))
-            on_logits(start, last.logits[:, -1, :].float())
+            on_logits(start, step(step_in, past).logits[:, -1, :].float())
         out.append(seq.cpu())
         bar.update(b)
     bar.close()

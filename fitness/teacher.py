@@ -54,16 +54,16 @@ class TeacherCache:
         full-sequence pass, to :meth:`compute` on the same tokens."""
         from sparsearch.fitness.data import sample_from_model
 
-        steps: dict[int, list[tuple[Tensor, ...]]] = {}
+        steps: dict[int, list[tuple[Tensor, ...]]] = {}  # per batch, per position: the fields, on the model's device
         tokens = sample_from_model(model, tokenizer, samples, seqlen, seed, batch_size, progress,
                                    on_logits=lambda row, logits: steps.setdefault(row, []).append(_top_k(logits, k)))
-        rows = [[torch.stack(field, 1) for field in zip(*steps[row])] for row in sorted(steps)]  # b x T (x k)
-        return cls(tokens, *(torch.cat(field) for field in zip(*rows)))
+        batches = [[torch.stack(field, 1) for field in zip(*positions)] for positions in steps.values()]  # b x T (x k)
+        return cls(tokens, *(torch.cat(field).cpu() for field in zip(*batches)))
 
     @classmethod
     def from_logits(cls, tokens: Tensor, logits: Tensor, k: int) -> "TeacherCache":
         """The cache of teacher ``logits`` (N x T x V) on ``tokens`` (N x T)."""
-        return cls(tokens.cpu(), *_top_k(logits, k))
+        return cls(tokens.cpu(), *(field.cpu() for field in _top_k(logits, k)))
 
     @property
     def k(self) -> int:
@@ -96,12 +96,11 @@ class TeacherCache:
 
 
 def _top_k(logits: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The cached fields of ``logits`` (... x V) on the CPU: top-k values (float32) and indices,
-    logsumexp, and logsumexp of the rest."""
+    """The cached fields of ``logits`` (... x V), on their device: top-k values (float32) and
+    indices, logsumexp, and logsumexp of the rest."""
     logits = logits.float()
     top = logits.topk(min(k, logits.shape[-1]), dim=-1)
-    return (top.values.cpu(), top.indices.cpu(), torch.logsumexp(logits, -1).cpu(),
-            rest_logsumexp(logits, top.indices).cpu())
+    return top.values, top.indices, torch.logsumexp(logits, -1), rest_logsumexp(logits, top.indices)
 
 
 def rest_logsumexp(logits: Tensor, index: Tensor) -> Tensor:

@@ -156,19 +156,18 @@ def _training_data(path: Path, cfg: HealConfig, calib: CalibrationConfig, model,
     log(f"heal data: {cfg.sequences} x {cfg.seqlen} tokens from {calib.source}"
         + (f" ({calib.location})" if calib.location else ""))
     cache = None
-    if cfg.teacher_topk and calib.source == "self":  # the sampling steps already computed the teacher's logits
+    if cfg.teacher_topk and calib.source == "self":  # the sampling steps already compute the teacher's logits
         log(f"teacher: top-{cfg.teacher_topk} logits of the dense model kept while sampling")
         cache = TeacherCache.sample(model, tokenizer, calib.samples, calib.seqlen, calib.seed, k=cfg.teacher_topk,
                                     batch_size=calib.sample_batch, progress=progress)
-        atomic_write(path, st_save(cache.tensors()))
-        return cache.tokens, cache
-    tokens = calibration_tokens(calib, model, tokenizer, progress=progress)
-    if cfg.teacher_topk:
-        log(f"teacher: top-{cfg.teacher_topk} logits of the dense model on {tokens.numel():,} tokens")
-        cache = TeacherCache.compute(model, tokens, k=cfg.teacher_topk, batch_size=cfg.batch_size, progress=progress)
-        atomic_write(path, st_save(cache.tensors()))
+        tokens = cache.tokens
     else:
-        atomic_write(path, st_save({"tokens": tokens}))
+        tokens = calibration_tokens(calib, model, tokenizer, progress=progress)
+        if cfg.teacher_topk:
+            log(f"teacher: top-{cfg.teacher_topk} logits of the dense model on {tokens.numel():,} tokens")
+            cache = TeacherCache.compute(model, tokens, k=cfg.teacher_topk, batch_size=cfg.batch_size,
+                                         progress=progress)
+    atomic_write(path, st_save(cache.tensors() if cache is not None else {"tokens": tokens}))
     return tokens, cache
 
 
