@@ -5,9 +5,13 @@ each. Prints one JSON object (also written to OUT/heal.json).
 
     python bench/heal_smollm2.py --run-dir bench/out/end_to_end_v2/0.5/evolution+knapsack \\
         [--tokens 0,50000,200000,1000000] [--methods lora,full] [--calib text|self] [--eval-tokens 32768]
+    python bench/heal_smollm2.py --prepare-data --tokens 200000 [--out OUT]   # while the search runs
 
 Each (method, tokens) heals a copy of the run's summary under OUT, so the run itself is not
 touched; a finished one (its ``heal.json`` exists) is reused, an interrupted one resumes.
+Rows with the same token count share one set of training tokens and teacher cache; as these do
+not depend on the genome, ``--prepare-data`` makes them from the dense model alone (into
+``OUT/data-TOKENS``), so the sampling can run while the search that picks the genome does.
 """
 
 from __future__ import annotations
@@ -87,6 +91,29 @@ def share_data(out: Path, cfg, calib, log=log) -> None:
             return
 
 
+def prepare_data(out: Path, tokens: int, *, seqlen: int, calib, model_spec: str, log=log) -> None:
+    """Make the training tokens and teacher cache of ``tokens`` tokens from the dense ``model_spec``
+    into ``out`` in the layout of a row's heal folder, for :func:`share_data` to copy into the rows
+    (a finished one is kept; an interrupted one starts again)."""
+    import dataclasses
+
+    from sparsearch.launch.heal import HEAL_DIR, HealConfig, training_data
+    from sparsearch.search.atomic import atomic_write_json
+    from sparsearch.search.config import as_dict
+    from sparsearch.supernet.models import load_model
+
+    cfg = HealConfig(tokens=tokens, seqlen=seqlen)
+    calib = dataclasses.replace(calib, samples=cfg.sequences, seqlen=cfg.seqlen)  # as heal() sets it
+    heal_dir = out / HEAL_DIR
+    if (heal_dir / "settings.json").is_file():
+        log(f"{out.name}: already made")
+        return
+    model, tokenizer = load_model(model_spec)
+    training_data(heal_dir / "data.safetensors", cfg, calib, model, tokenizer, resume=False, progress=True, log=log)
+    atomic_write_json(heal_dir / "settings.json", {"heal": as_dict(cfg), "model": model_spec,  # last: marks it done
+                                                   "calibration": calib.describe()})
+
+
 def data_configs(data_dir: str, eval_tokens: int, source: str):
     """The calibration source healing trains on (``text``: the runs' own Python-docs text; ``self``:
     sequences sampled from the dense model) and the held-out WikiText-2 test text."""
@@ -102,7 +129,9 @@ def data_configs(data_dir: str, eval_tokens: int, source: str):
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--run-dir", required=True, help="a finished search run of smollm2-135m")
+    p.add_argument("--run-dir", help="a finished search run of smollm2-135m")
+    p.add_argument("--prepare-data", action="store_true",
+                   help="only make the training data of each token count from the dense model (no run needed)")
     p.add_argument("--tokens", default="0,50000,200000,1000000")
     p.add_argument("--methods", default="lora,full")
     p.add_argument("--lora-lr", type=float, default=1e-3)
@@ -121,6 +150,15 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     calib, heldout = data_configs(args.data_dir, args.eval_tokens, args.calib)
+    if args.prepare_data:
+        from sparsearch.supernet.models import DEFAULT_MODEL
+
+        for tokens in [int(t) for t in args.tokens.split(",") if int(t)]:
+            prepare_data(Path(args.out) / f"data-{tokens}", tokens, seqlen=args.seqlen, calib=calib,
+                         model_spec=DEFAULT_MODEL)
+        return
+    if args.run_dir is None:
+        p.error("--run-dir is required (unless --prepare-data)")
     run_dir = Path(args.run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
     rows = []

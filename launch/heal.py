@@ -147,9 +147,11 @@ def _save_checkpoint(path: Path, trainer: Trainer, history: list[float], seconds
     atomic_write(path, buf.getvalue())
 
 
-def _training_data(path: Path, cfg: HealConfig, calib: CalibrationConfig, model, tokenizer, *, resume: bool,
-                   progress: bool, log: Log) -> tuple[torch.Tensor, TeacherCache | None]:
-    """The training tokens (and the top-k teacher cache), read back on resume."""
+def training_data(path: Path, cfg: HealConfig, calib: CalibrationConfig, model, tokenizer, *, resume: bool,
+                  progress: bool, log: Log) -> tuple[torch.Tensor, TeacherCache | None]:
+    """The training tokens of ``cfg`` from ``calib`` (``samples`` and ``seqlen`` already set from
+    ``cfg``) and, with top-k, the teacher cache of the dense ``model``, written to ``path`` (read
+    back from it on resume). They depend on neither the genome nor the training method."""
     if resume and path.is_file():
         t = load_file(str(path))
         return t["tokens"], (TeacherCache.from_tensors(t) if "top_logits" in t else None)
@@ -235,7 +237,7 @@ def heal(run_dir: str | Path, out: str | Path, cfg: HealConfig, calib: Calibrati
     eval_windows = heldout_windows(heldout, tokenizer) if heldout is not None else None
     atomic_write_json(heal_dir / "settings.json", settings)
 
-    tokens, cache = _training_data(heal_dir / "data.safetensors", cfg, calib, model, tokenizer, resume=resume,
+    tokens, cache = training_data(heal_dir / "data.safetensors", cfg, calib, model, tokenizer, resume=resume,
                                    progress=progress, log=log) if cfg.tokens else (None, None)
     stitcher = Stitcher(model, store, check_fingerprint=False)
     student = student_model(stitcher, summary["best_genome"])
