@@ -70,15 +70,13 @@ def share_data(out: Path, cfg, calib, log=log) -> None:
     (they do not depend on the genome, the method or the learning rate), so the teacher runs once
     per token count; the row's ``data_from`` names the source (its ``wall_s`` then leaves out the
     teacher pass, which the source's includes)."""
-    import dataclasses
-
     from sparsearch.launch.heal import HEAL_DIR
     from sparsearch.search.atomic import atomic_write
 
     mine = out / HEAL_DIR / "data.safetensors"
     if mine.is_file():
         return
-    source = dataclasses.replace(calib, samples=cfg.sequences, seqlen=cfg.seqlen).describe()  # as heal() records it
+    source = calib.describe()  # as heal() records it
     for sibling in sorted(out.parent.iterdir()):
         data, settings = sibling / HEAL_DIR / "data.safetensors", sibling / HEAL_DIR / "settings.json"
         if sibling == out or not (data.is_file() and settings.is_file()):
@@ -95,15 +93,12 @@ def prepare_data(out: Path, tokens: int, *, seqlen: int, calib, model_spec: str,
     """Make the training tokens and teacher cache of ``tokens`` tokens from the dense ``model_spec``
     into ``out`` in the layout of a row's heal folder, for :func:`share_data` to copy into the rows
     (a finished one is kept; an interrupted one starts again)."""
-    import dataclasses
-
     from sparsearch.launch.heal import HEAL_DIR, HealConfig, training_data
     from sparsearch.search.atomic import atomic_write_json
     from sparsearch.search.config import as_dict
     from sparsearch.supernet.models import load_model
 
     cfg = HealConfig(tokens=tokens, seqlen=seqlen)
-    calib = dataclasses.replace(calib, samples=cfg.sequences, seqlen=cfg.seqlen)  # as heal() sets it
     heal_dir = out / HEAL_DIR
     if (heal_dir / "settings.json").is_file():
         log(f"{out.name}: already made")

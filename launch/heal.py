@@ -29,7 +29,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -149,9 +149,10 @@ def _save_checkpoint(path: Path, trainer: Trainer, history: list[float], seconds
 
 def training_data(path: Path, cfg: HealConfig, calib: CalibrationConfig, model, tokenizer, *, resume: bool,
                   progress: bool, log: Log) -> tuple[torch.Tensor, TeacherCache | None]:
-    """The training tokens of ``cfg`` from ``calib`` (``samples`` and ``seqlen`` already set from
-    ``cfg``) and, with top-k, the teacher cache of the dense ``model``, written to ``path`` (read
-    back from it on resume). They depend on neither the genome nor the training method."""
+    """The training tokens of ``cfg`` from ``calib`` (its ``samples`` and ``seqlen`` set from ``cfg``)
+    and, with top-k, the teacher cache of the dense ``model``, written to ``path`` (read back from it
+    on resume). They depend on neither the genome nor the training method."""
+    calib = replace(calib, samples=cfg.sequences, seqlen=cfg.seqlen)
     if resume and path.is_file():
         t = load_file(str(path))
         return t["tokens"], (TeacherCache.from_tensors(t) if "top_logits" in t else None)
@@ -191,8 +192,6 @@ def heal(run_dir: str | Path, out: str | Path, cfg: HealConfig, calib: Calibrati
     ``cfg``). ``heldout``: held-out text whose perplexity is measured before and after. What was
     done and measured is also written to ``RUN/heal.json``.
     """
-    import dataclasses
-
     from sparsearch.launch.pipeline import require_fits
     from sparsearch.launch.report import SUMMARY, healed_card
     from sparsearch.supernet.export import save_export
@@ -206,7 +205,6 @@ def heal(run_dir: str | Path, out: str | Path, cfg: HealConfig, calib: Calibrati
     if not summary_path.is_file():
         raise SparsearchError(f"no {SUMMARY} in {run_dir}: run a search first")
     summary = read_json_object(summary_path, "run summary")
-    calib = dataclasses.replace(calib, samples=max(cfg.sequences, 1), seqlen=cfg.seqlen)
     heal_dir = run_dir / HEAL_DIR
     settings = _settings(cfg, summary, calib, dtype, seed)
     finished = _finished(run_dir, out, settings) if resume else None
@@ -238,7 +236,7 @@ def heal(run_dir: str | Path, out: str | Path, cfg: HealConfig, calib: Calibrati
     atomic_write_json(heal_dir / "settings.json", settings)
 
     tokens, cache = training_data(heal_dir / "data.safetensors", cfg, calib, model, tokenizer, resume=resume,
-                                   progress=progress, log=log) if cfg.tokens else (None, None)
+                                  progress=progress, log=log) if cfg.tokens else (None, None)
     stitcher = Stitcher(model, store, check_fingerprint=False)
     student = student_model(stitcher, summary["best_genome"])
     if cache is not None or not cfg.tokens:
