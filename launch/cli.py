@@ -399,25 +399,27 @@ def cmd_run(o: Resolved) -> int:
 
 def _plan_options(o: Options) -> None:
     _model_options(o)
-    o.add_settings(CalibrationConfig, group=o.parser.add_argument_group("calibration"), only=["samples", "seqlen"])
+    _calibration_options(o, only=["samples", "seqlen", "sample_batch"])  # the source: whether it is sampled
     o.add_settings(SupernetConfig, group=o.parser.add_argument_group("supernet"))
     _search_options(o)
     _common_options(o)
 
 
-@command("plan", "what a run will cost, from the model's config alone: supernet disk, build memory and "
-         "forward passes, evaluation and search tokens; prints JSON", _plan_options)
+@command("plan", "what a run will cost, from the model's config alone: supernet disk, calibration sampling "
+         "memory (--calib-self, the default), build memory and forward passes, evaluation and search tokens; "
+         "prints JSON", _plan_options)
 def cmd_plan(o: Resolved) -> int:
     from sparsearch.launch.pipeline import start_names
     from sparsearch.supernet.models import load_config
     from sparsearch.supernet.plan import ModelShape, plan
 
     search, supernet = search_config(o, _log(o)), o.config(SupernetConfig)
-    calib, fitness = o.config(CalibrationConfig), o.config(FitnessConfig)
+    calib, fitness = calibration_config(o), o.config(FitnessConfig)
     shape = ModelShape.from_config(load_config(o.model, trust_remote_code=o.trust_remote_code), o.dtype)
     result = plan(shape, supernet, samples=calib.samples, seqlen=calib.seqlen, target=search.target_sparsity,
                   schedule=fitness.token_schedule, engine=search.engine, engine_config=search.engine_config,
-                  starts=len(start_names(search)), device=_device(o.device).type)
+                  starts=len(start_names(search)), device=_device(o.device).type,
+                  sample_batch=calib.sample_batch if calib.source == "self" else None)
     result["model"] = {"name": o.model, **result["model"]}
     print(json.dumps(result, indent=1))
     return 0

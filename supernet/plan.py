@@ -11,6 +11,10 @@
   build releases each layer's pages behind it, one layer, or the embedding during the capture
   pass), and the forward passes (block runs over the calibration set; with error accumulation
   every stored variant runs once more), also as equivalent full-model passes.
+- **Sampling** (``--calib-self``, the default calibration): peak memory of sampling the
+  calibration sequences from the dense model before the build. Every step reads every weight, so
+  the whole model is resident, with the KV cache of one batch of sequences (``--calib-sample-batch``)
+  at full length and its logits; a separate peak, which on a CPU exceeds the build's.
 - **Search**: one evaluation's tokens and FLOPs per fitness stage at the target sparsity, and
   the total forward tokens of the engine's evaluations (``Engine.planned_evaluations``).
 
@@ -38,6 +42,10 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # code pulls in, torch._dynamo among it)
 RUNTIME_BYTES = 460 * 2**20
 MiB = 2**20
+# resident bytes of a growing KV cache per byte of its final size: each step concatenates a layer's
+# keys and values into new tensors while the old ones are still alive, and the allocator keeps some
+# of what is freed (SmolLM2-135M on a CPU, float32: 1.14-1.22 at 16-32 sequences of 256-512 tokens)
+KV_GROWTH = 1.25
 
 
 @dataclass(frozen=True)
@@ -51,16 +59,21 @@ class ModelShape(DecoderShape):
     mlp_bias: bool
     qk_norm: bool
     dtype_bytes: int
+    sliding_window: int  # positions a sliding-window layer attends to (0: none)
+    sliding_layers: int  # layers with that window (Mistral: all of them; Qwen2/3: as ``layer_types`` says)
 
     @classmethod
     def from_config(cls, config, dtype: str = "auto") -> "ModelShape":
         name = dtype if dtype != "auto" else str(getattr(config, "dtype", None) or "float32").replace("torch.", "")
+        window, types = getattr(config, "sliding_window", None) or 0, getattr(config, "layer_types", None)
         return cls(
             **dataclasses.asdict(DecoderShape.from_config(config)), vocab=config.vocab_size,
             tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
             qkv_bias=bool(getattr(config, "attention_bias", False) or config.model_type == "qwen2"),
             mlp_bias=bool(getattr(config, "mlp_bias", False)), qk_norm=config.model_type == "qwen3",
-            dtype_bytes=DTYPE_BYTES.get(name, 4),
+            dtype_bytes=DTYPE_BYTES.get(name, 4), sliding_window=window,
+            sliding_layers=(sum(t == "sliding_attention" for t in types) if types else config.num_hidden_layers)
+            if window else 0,
         )
 
     @property
@@ -198,6 +211,23 @@ def build_plan(shape: ModelShape, cfg: SupernetConfig, space: SearchSpace, sampl
     }
 
 
+def sampling_plan(shape: ModelShape, samples: int, seqlen: int, sample_batch: int, device: str = "cpu") -> dict[str, Any]:
+    """Peak memory of sampling ``samples x seqlen`` calibration tokens from the dense model,
+    ``sample_batch`` sequences at a time (what ``--calib-self`` does before the build)."""
+    batch = min(sample_batch, samples)
+    model = shape.total_params * shape.dtype_bytes
+    # a sliding-window layer keeps the last window - 1 positions (transformers' DynamicSlidingWindowLayer)
+    positions = (shape.num_layers - shape.sliding_layers) * seqlen \
+        + shape.sliding_layers * min(seqlen, max(shape.sliding_window - 1, 1))
+    kv = 2 * shape.num_kv_heads * shape.head_dim * shape.dtype_bytes * batch * positions
+    logits = 3 * batch * shape.vocab * 4  # one step's float32 logits, their probabilities and a masked copy
+    runtime = RUNTIME_BYTES if device == "cpu" else 0
+    peak = runtime + model + KV_GROWTH * kv + logits
+    return {"peak_memory_mib": round(peak / MiB, 1), "sequences_at_once": batch, "kv_cache_bytes": kv,
+            "memory": {"model_mib": round(model / MiB, 1), "kv_cache_mib": round(kv / MiB, 1),
+                       "logits_mib": round(logits / MiB, 1), "runtime_mib": round(runtime / MiB, 1)}}
+
+
 def evaluation_plan(shape: ModelShape, space: SearchSpace, target: float, schedule: TokenSchedule) -> list[dict]:
     """Per fitness stage: tokens scored (and trained on) and forward FLOPs at the uniform genome."""
     genome = space.uniform(target)
@@ -223,13 +253,16 @@ def search_plan(engine: str, engine_config: Any, schedule: TokenSchedule, space:
 
 def plan(shape: ModelShape, cfg: SupernetConfig, *, samples: int, seqlen: int, target: float,
          schedule: TokenSchedule, engine: str, engine_config: Any, starts: int = 0, device: str = "cpu",
-         mapped_weights: bool = True) -> dict:
+         mapped_weights: bool = True, sample_batch: int | None = None) -> dict:
+    """The whole plan; ``sample_batch``: the calibration is sampled from the model that many
+    sequences at a time (``--calib-self``), which adds the ``sampling`` phase."""
     space = planned_space(shape, cfg)
     disk = disk_bytes(shape, cfg, space)
     return {
         "model": dataclasses.asdict(shape) | {"params": shape.total_params},
         "supernet": {"units": len(space.units), "levels": sorted({len(l) for l in space.levels}),
                      "disk_bytes": disk, "disk_mib": round(disk / MiB, 1)},
+        **({"sampling": sampling_plan(shape, samples, seqlen, sample_batch, device)} if sample_batch else {}),
         "build": build_plan(shape, cfg, space, samples, seqlen, device, mapped_weights),
         "evaluation": evaluation_plan(shape, space, target, schedule),
         "search": {"engine": engine} | search_plan(engine, engine_config, schedule, space, starts),

@@ -3,13 +3,15 @@
 import json
 
 import pytest
+import torch
 
 from conftest import ARCHS, tiny_model
 from sparsearch.launch.cli import main
 from sparsearch.search.budget import Budget, CostModel
 from sparsearch.search.registry import ENGINES
 from sparsearch.supernet import SupernetConfig, build_supernet
-from sparsearch.supernet.plan import ModelShape, disk_bytes, planned_space
+from sparsearch.supernet.modules import output_cache
+from sparsearch.supernet.plan import ModelShape, disk_bytes, planned_space, sampling_plan
 from synthetic import SyntheticFitness, synthetic_rebuild, synthetic_space
 
 
@@ -67,3 +69,33 @@ def test_planned_evaluations_bound_what_a_run_does(name, tmp_path):
     for stage, n in done.items():
         assert n <= planned[stage], (stage, n, planned)
     assert sum(done.values()) >= 0.5 * sum(planned.values())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_planned_sampling_kv_cache_is_the_cache_a_batch_fills(arch, dtype):
+    """The KV cache term of the sampling plan equals the bytes of the cache that a batch of
+    full-length sequences leaves (one sample batch of 3 from 5 sequences, 40 tokens; the tiny
+    Mistral's 16-position sliding window keeps 15 of them)."""
+    model = tiny_model(arch, layers=3, num_attention_heads=8, num_key_value_heads=2, head_dim=4).to(dtype)
+    with torch.no_grad():
+        cache = output_cache(model(input_ids=torch.randint(0, 128, (3, 40)), use_cache=True))
+    tensors = [t for layer in cache.layers for t in (layer.keys, layer.values)]
+    assert len(tensors) == 2 * 3 and all(t.dtype == dtype for t in tensors)
+    planned = sampling_plan(ModelShape.from_config(model.config, str(dtype).replace("torch.", "")), samples=5, seqlen=40,
+                            sample_batch=3)
+    assert planned["sequences_at_once"] == 3
+    assert planned["kv_cache_bytes"] == sum(t.numel() * t.element_size() for t in tensors)
+    assert planned["peak_memory_mib"] > planned["memory"]["model_mib"] + planned["memory"]["kv_cache_mib"]
+
+
+def test_plan_has_a_sampling_phase_only_when_the_calibration_is_sampled(tmp_path, capsys):
+    model = tiny_model("llama", layers=4)
+    model.config.save_pretrained(tmp_path / "cfg")
+    args = ["plan", "--model", str(tmp_path / "cfg"), "--calib-samples", "16", "--calib-seqlen", "32"]
+    assert main(args + ["--calib-sample-batch", "8"]) == 0  # the default source samples
+    sampled = json.loads(capsys.readouterr().out)["sampling"]
+    # 4 layers x keys and values x 2 KV heads x 8 dims x float32, for 8 sequences of 32 tokens
+    assert sampled["sequences_at_once"] == 8 and sampled["kv_cache_bytes"] == 4 * 2 * 2 * 8 * 4 * 8 * 32
+    assert main(args + ["--calib-text", str(tmp_path / "any.txt")]) == 0  # a text is read, not sampled (nor opened)
+    assert "sampling" not in json.loads(capsys.readouterr().out)
