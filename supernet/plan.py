@@ -44,8 +44,9 @@ RUNTIME_BYTES = 460 * 2**20
 MiB = 2**20
 # resident bytes of a growing KV cache per byte of its final size: each step concatenates a layer's
 # keys and values into new tensors while the old ones are still alive, and the allocator keeps some
-# of what is freed (SmolLM2-135M on a CPU, float32: 1.14-1.22 at 16-32 sequences of 256-512 tokens)
-KV_GROWTH = 1.25
+# of what is freed (SmolLM2-135M on a CPU, float32, beyond the resident model and runtime: 1.14-1.22 at
+# 16-32 sequences of 256-512 tokens, 1.05 at the default 64 x 512)
+KV_GROWTH = 1.1
 
 
 @dataclass(frozen=True)
