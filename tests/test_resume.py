@@ -33,7 +33,12 @@ def _run(engine: str, run_dir: Path, *, resume: bool, kill: str | None = None, d
     return proc.returncode, out, err
 
 
-@pytest.mark.parametrize("engine", list(CONFIGS))
+# TPE's constraint mode is a second TPE run (about a minute on 2 cores) through the same ask/tell
+# resume path as the default mode: it runs with -m slow, which CI also runs
+SLOW_KILLS = {"tpe-constraint"}
+
+
+@pytest.mark.parametrize("engine", [pytest.param(e, marks=pytest.mark.slow) if e in SLOW_KILLS else e for e in CONFIGS])
 def test_sigkill_at_random_points_resumes_to_the_uninterrupted_run(engine, tmp_path):
     t0 = time.perf_counter()
     code, out, err = _run(engine, tmp_path / "reference", resume=False)
