@@ -66,15 +66,15 @@ class ModelShape(DecoderShape):
     @classmethod
     def from_config(cls, config, dtype: str = "auto") -> "ModelShape":
         name = dtype if dtype != "auto" else str(getattr(config, "dtype", None) or "float32").replace("torch.", "")
-        window, types = getattr(config, "sliding_window", None) or 0, getattr(config, "layer_types", None)
+        window = getattr(config, "sliding_window", None) or 0
+        types = getattr(config, "layer_types", None) or ["sliding_attention"] * config.num_hidden_layers  # Mistral
         return cls(
             **dataclasses.asdict(DecoderShape.from_config(config)), vocab=config.vocab_size,
             tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
             qkv_bias=bool(getattr(config, "attention_bias", False) or config.model_type == "qwen2"),
             mlp_bias=bool(getattr(config, "mlp_bias", False)), qk_norm=config.model_type == "qwen3",
             dtype_bytes=DTYPE_BYTES.get(name, 4), sliding_window=window,
-            sliding_layers=(sum(t == "sliding_attention" for t in types) if types else config.num_hidden_layers)
-            if window else 0,
+            sliding_layers=sum(t == "sliding_attention" for t in types) if window else 0,
         )
 
     @property
