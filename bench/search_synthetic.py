@@ -1,6 +1,7 @@
 """Search engines against the exact optimum of a separable problem. Prints one JSON object.
 
-    python bench/search_synthetic.py [--seeds 5] [--max-evaluations 3000] [--engines evolution,...]
+    python bench/search_synthetic.py [--seeds 5] [--first-seed 0] [--max-evaluations 3000] [--engines evolution,...]
+                                     [--tpe-good-trials N]
 
 The problem (noise-free, no torch): 30 layers = 60 units (attention and MLP), 9 levels each
 (sparsity 0, 1/8, ..., 1), attention:MLP parameter cost 1:3, 50% of the parameters removed, a 1%
@@ -104,7 +105,7 @@ def first_within(trace: list[float], optimum: float, rel: float) -> int | None:
     return None
 
 
-def run(name: str, problem: Problem, seed: int, max_evals: int, run_dir: Path) -> dict:
+def run(name: str, problem: Problem, seed: int, max_evals: int, run_dir: Path, tpe_good_trials: int | None = None) -> dict:
     space = problem.space()
     budget = Budget.from_sparsity(CostModel.params(space), 0.5, tolerance=0.01)
     trace: list[float] = []
@@ -122,7 +123,8 @@ def run(name: str, problem: Problem, seed: int, max_evals: int, run_dir: Path) -
         engine = NSGA2Engine(space, budget, fit, NSGA2Config(population=24, generations=gens, blocks=blocks), **kw)
     elif name in ("tpe", "tpe-repair"):  # budget mode shift (the default) or repair
         mode = "repair" if name == "tpe-repair" else "shift"
-        engine = TPEEngine(space, budget, fit, TPEConfig(trials=max_evals, startup_trials=20, budget_mode=mode), **kw)
+        good = {"good_trials": tpe_good_trials} if tpe_good_trials else {}
+        engine = TPEEngine(space, budget, fit, TPEConfig(trials=max_evals, startup_trials=20, budget_mode=mode, **good), **kw)
     elif name == "tyr":
         def rebuild(round_index, ladders):
             sp = problem.space(ladders)
@@ -145,6 +147,8 @@ def main() -> None:
     p.add_argument("--max-evaluations", type=int, default=3000)
     p.add_argument("--engines", default="knapsack,evolution,evolution+knapsack,tyr,nsga2,nsga2-blocks,tpe")
     p.add_argument("--problem-seed", type=int, default=0)
+    p.add_argument("--tpe-good-trials", type=int, default=None, help="TPE's good-set cap (default: the engine's)")
+    p.add_argument("--first-seed", type=int, default=0)
     args = p.parse_args()
     problem = Problem(args.problem_seed)
     space = problem.space()
@@ -154,15 +158,15 @@ def main() -> None:
     optimum = sum(d[g] for d, g in zip(damage, exact))
     dp = dp_optimum(problem, space, budget)
     uniform = sum(d[g] for d, g in zip(damage, budget.repair(space.uniform(0.5), random.Random(0))))
-    out = {"problem": {"units": len(space.units), "levels": 9, "cost_attn_mlp": "1:3", "target_sparsity": 0.5,
+    out = {"tpe_good_trials": TPEConfig(good_trials=args.tpe_good_trials or 0).good_set_cap, "problem": {"units": len(space.units), "levels": 9, "cost_attn_mlp": "1:3", "target_sparsity": 0.5,
                        "band": 0.01, "optimum": round(optimum, 4), "optimum_dp": round(dp, 4),
                        "uniform": round(uniform, 4)},
            "max_evaluations": args.max_evaluations, "seeds": args.seeds, "engines": {}}
     for name in args.engines.split(","):
         rows = []
-        for seed in range(args.seeds if name != "knapsack" else 1):
+        for seed in range(args.first_seed, args.first_seed + (args.seeds if name != "knapsack" else 1)):
             with tempfile.TemporaryDirectory() as d:
-                r = run(name, problem, seed, args.max_evaluations, Path(d))
+                r = run(name, problem, seed, args.max_evaluations, Path(d), args.tpe_good_trials)
             rows.append({"to_5pct": first_within(r["trace"], optimum, 0.05), "to_1pct": first_within(r["trace"], optimum, 0.01),
                          "evaluations": len(r["trace"]), "final_gap": round(r["result"] / optimum - 1, 4),
                          "wall_s": round(r["wall_s"], 1)})

@@ -1,6 +1,7 @@
 """Contract tests shared by every engine, on a synthetic fitness with a known non-uniform optimum."""
 
 import json
+import warnings
 
 import pytest
 
@@ -8,7 +9,7 @@ from sparsearch.search.budget import Budget, CostModel
 from sparsearch.search.errors import ConfigError, SparsearchError
 from sparsearch.search.evolution import EvolutionConfig, EvolutionEngine
 from sparsearch.search.nsga2 import NSGA2Config, NSGA2Engine
-from sparsearch.search.tpe import TPEConfig, TPEEngine
+from sparsearch.search.tpe import TPEConfig, TPEEngine, good_set_size
 from sparsearch.search.tyr import TyrConfig, TyrEngine, centred_ladder
 from synthetic import SyntheticFitness, synthetic_rebuild, synthetic_space
 
@@ -140,7 +141,7 @@ def _study(tmp_path):
     return study, complete
 
 
-def test_tpe_study_is_told_the_preferences_it_sampled_and_each_maps_to_its_scored_genome(tmp_path):
+def test_tpe_study_is_told_the_scored_genome_and_each_sampled_point_maps_to_it(tmp_path):
     import optuna
 
     from sparsearch.search.preference import genome_of_preferences, preferences_of
@@ -148,14 +149,19 @@ def test_tpe_study_is_told_the_preferences_it_sampled_and_each_maps_to_its_score
     engine, _ = _engine("tpe", tmp_path)
     engine.run()
     study, complete = _study(tmp_path)
-    params = [[t.params[u.name] for u in engine.space.units] for t in complete]
-    assert params[0] == preferences_of(engine.space, engine.start_genome())  # step 0: the start genome
-    assert tuple(complete[0].user_attrs["genome"]) == engine.start_genome()
-    for t, p in zip(complete[1:], params[1:]):  # every later trial: the sampled point, in the band
-        genome = genome_of_preferences(engine.space, engine.budget, p)
-        assert genome == tuple(t.user_attrs["genome"]) and engine.budget.feasible(genome)
-        assert p == t.user_attrs["sampled"]
-    assert not study.get_trials(states=(optuna.trial.TrialState.FAIL,))  # nothing sampled is discarded
+    assert tuple(complete[0].user_attrs["genome"]) == engine.start_genome()  # step 0: the start genome
+    # every complete trial's parameters are its scored genome's level sparsities, in the band
+    for t in complete:
+        genome = tuple(t.user_attrs["genome"])
+        assert [t.params[u.name] for u in engine.space.units] == preferences_of(engine.space, genome)
+        assert engine.budget.feasible(genome)
+    # every later step sampled preferences (its failed trial, which TPE ignores) that map to that genome
+    failed = {t.user_attrs["step"]: t for t in study.get_trials(states=(optuna.trial.TrialState.FAIL,))}
+    assert sorted(failed) == list(range(1, 40))
+    for t in complete[1:]:
+        sampled = [failed[t.user_attrs["step"]].params[u.name] for u in engine.space.units]
+        assert sampled == t.user_attrs["sampled"]
+        assert genome_of_preferences(engine.space, engine.budget, sampled) == tuple(t.user_attrs["genome"])
     assert len({tuple(t.user_attrs["genome"]) for t in complete}) > 20
 
 
@@ -237,7 +243,7 @@ def test_keep_dense_refuses_unknown_units():
         synthetic_space().keep_dense(["L099.attn"])
 
 
-def test_tpe_samples_with_its_candidate_count(tmp_path, monkeypatch):
+def test_tpe_samples_with_its_candidate_count_and_good_set_cap(tmp_path, monkeypatch):
     import optuna
 
     seen = []
@@ -245,14 +251,23 @@ def test_tpe_samples_with_its_candidate_count(tmp_path, monkeypatch):
 
     def spy(self, **kwargs):
         if "seed" in kwargs:  # the engine's per-step samplers (not the study's default one)
-            seen.append(kwargs.get("n_ei_candidates"))
+            gamma = kwargs["gamma"]
+            seen.append((kwargs.get("n_ei_candidates"), gamma(5), gamma(31), gamma(1000)))
         original(self, **kwargs)
 
     monkeypatch.setattr(optuna.samplers.TPESampler, "__init__", spy)
     space = synthetic_space()
-    TPEEngine(space, _make_budget(space), SyntheticFitness(space), TPEConfig(trials=6, startup_trials=2, ei_candidates=7),
-              run_dir=str(tmp_path / "run"), seed=0, log=None).run()
-    assert len(seen) == 5 and set(seen) == {7}  # steps 1..5 sample
+    cfg = TPEConfig(trials=6, startup_trials=2, ei_candidates=7, good_trials=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Optuna's deprecation warning for gamma is not shown to users
+        TPEEngine(space, _make_budget(space), SyntheticFitness(space), cfg, run_dir=str(tmp_path / "run"), seed=0,
+                  log=None).run()
+    # steps 1..5 sample; the good set is 10% of the trials rounded up (1 of 5, 4 of 31), at most 3
+    assert len(seen) == 5 and set(seen) == {(7, 1, 3, 3)}
     assert TPEConfig().candidates == 128 and TPEConfig(budget_mode="constraint").candidates == 24
+    assert TPEConfig().good_set_cap == 10 and TPEConfig(budget_mode="repair").good_set_cap == 25
+    assert good_set_size(31, 25) == 4 and good_set_size(1000, 10) == 10 and good_set_size(1000, 25) == 25
     with pytest.raises(ConfigError, match="ei_candidates"):
         TPEConfig(ei_candidates=-1)
+    with pytest.raises(ConfigError, match="good_trials"):
+        TPEConfig(good_trials=-1)
