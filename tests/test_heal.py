@@ -87,10 +87,14 @@ def test_heal_lowers_the_kl_and_exports_the_trained_model(method, searched, tmp_
     # distillation lowered the KL to the dense model on its training tokens (vs the plain export)
     data = load_file(str(run / "heal" / "data.safetensors"))
     with torch.no_grad():
-        cache = TeacherCache.from_logits(data["tokens"], load_model(m)[0](input_ids=data["tokens"]).logits, 16)
+        logits = load_model(m)[0](input_ids=data["tokens"]).logits
+    cache = TeacherCache.from_logits(data["tokens"], logits, 16)
     if method.endswith("self"):  # sampled sequences, and the teacher logits kept while sampling them
         assert not set(data["tokens"].flatten().tolist()) & set(tok.all_special_ids)
-        assert torch.equal(data["top_index"], cache.top_index)
+        # the kept entries are a top 16 of the full forward pass: its logits at the kept indices are
+        # the kept logits, and those are its 16 largest (indices of near-ties, equal within the
+        # tolerance, may come in either order: sampling decodes incrementally, in other kernels)
+        torch.testing.assert_close(logits.gather(-1, data["top_index"]), data["top_logits"], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(data["top_logits"], cache.top_logits, rtol=1e-5, atol=1e-5)
     plain = AutoModelForCausalLM.from_pretrained(run0 / "export", trust_remote_code=True).eval()
     kl_plain, kl_healed = _top_k_kl(plain, cache), _top_k_kl(loaded.float(), cache)
