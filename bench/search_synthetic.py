@@ -105,7 +105,7 @@ def first_within(trace: list[float], optimum: float, rel: float) -> int | None:
     return None
 
 
-def run(name: str, problem: Problem, seed: int, max_evals: int, run_dir: Path, tpe_good_trials: int | None = None) -> dict:
+def run(name: str, problem: Problem, seed: int, max_evals: int, run_dir: Path, tpe_good_trials: int = 0) -> dict:
     space = problem.space()
     budget = Budget.from_sparsity(CostModel.params(space), 0.5, tolerance=0.01)
     trace: list[float] = []
@@ -123,8 +123,8 @@ def run(name: str, problem: Problem, seed: int, max_evals: int, run_dir: Path, t
         engine = NSGA2Engine(space, budget, fit, NSGA2Config(population=24, generations=gens, blocks=blocks), **kw)
     elif name in ("tpe", "tpe-repair"):  # budget mode shift (the default) or repair
         mode = "repair" if name == "tpe-repair" else "shift"
-        good = {"good_trials": tpe_good_trials} if tpe_good_trials else {}
-        engine = TPEEngine(space, budget, fit, TPEConfig(trials=max_evals, startup_trials=20, budget_mode=mode, **good), **kw)
+        cfg = TPEConfig(trials=max_evals, startup_trials=20, budget_mode=mode, good_trials=tpe_good_trials)
+        engine = TPEEngine(space, budget, fit, cfg, **kw)
     elif name == "tyr":
         def rebuild(round_index, ladders):
             sp = problem.space(ladders)
@@ -147,7 +147,7 @@ def main() -> None:
     p.add_argument("--max-evaluations", type=int, default=3000)
     p.add_argument("--engines", default="knapsack,evolution,evolution+knapsack,tyr,nsga2,nsga2-blocks,tpe")
     p.add_argument("--problem-seed", type=int, default=0)
-    p.add_argument("--tpe-good-trials", type=int, default=None, help="TPE's good-set cap (default: the engine's)")
+    p.add_argument("--tpe-good-trials", type=int, default=0, help="TPE's good-set cap (0: the engine's default)")
     p.add_argument("--first-seed", type=int, default=0)
     args = p.parse_args()
     problem = Problem(args.problem_seed)
@@ -158,7 +158,8 @@ def main() -> None:
     optimum = sum(d[g] for d, g in zip(damage, exact))
     dp = dp_optimum(problem, space, budget)
     uniform = sum(d[g] for d, g in zip(damage, budget.repair(space.uniform(0.5), random.Random(0))))
-    out = {"tpe_good_trials": TPEConfig(good_trials=args.tpe_good_trials or 0).good_set_cap, "problem": {"units": len(space.units), "levels": 9, "cost_attn_mlp": "1:3", "target_sparsity": 0.5,
+    out = {"tpe_good_trials": TPEConfig(good_trials=args.tpe_good_trials).good_set_cap,
+           "problem": {"units": len(space.units), "levels": 9, "cost_attn_mlp": "1:3", "target_sparsity": 0.5,
                        "band": 0.01, "optimum": round(optimum, 4), "optimum_dp": round(dp, 4),
                        "uniform": round(uniform, 4)},
            "max_evaluations": args.max_evaluations, "seeds": args.seeds, "engines": {}}
