@@ -38,12 +38,22 @@ and in ``shift`` mode that is worth most (a plain ask/tell loop over the same ma
 problem, 1,000 trials, seeds 0-4: +9.6/+10.0/+6.5/+7.7/+9.6% with a cap of 10 against +15-16%
 with 25 on seed 3; with the scored genome told, as the engine does, +7.3/+7.9/+7.0/+6.9/+6.9%;
 caps of 5, 7 and 15 on seed 3: +11.5%, +11.4%, +7.8%). The cap only acts beyond 100 trials.
-With both, the engine on that benchmark (3,000 trials, seeds 0-4) comes within 5% of the optimum
-after 1,795 / 1,909 / 2,614 / 2,903 trials, and seed 2 ends at +5.5%: about five times
-evolution's evaluations.
-Optuna 4.9 deprecated ``gamma``, the argument that sets it (and the other knobs: a smaller
-``prior_weight`` and no ``consider_magic_clip`` were tried and did not help or collapsed the
-search), with removal planned for Optuna 6.
+Optuna 4.9 deprecated ``gamma``, the argument that sets it, with removal planned for Optuna 6.
+
+Kernel widths (``shift`` mode): a draw from l(x) is one good trial's point with Gaussian noise in
+every parameter, each kernel as wide as its larger gap to its neighbours among the good trials,
+but at least ``kernel_floor`` (0.4) of the unit's level step, where Optuna's least width is the
+parameter's range / (n + 2): for 10 good trials over 9 levels, 0.67 of a step, so every draw
+moves about half of all units (with 0.4, about a fifth), and the last few percent come slowly.
+Optuna lets a sampler replace its estimator (``_LevelKernelEstimator``); its other knobs do not
+reach the width (a smaller ``prior_weight`` did not help; no ``consider_magic_clip`` lets the
+good set collapse onto one genome). In the ask/tell loop (where the kernels that Optuna had
+widened to its least width were given the floor), 1,000 trials, seeds 0-4: +4.7/+5.7/+5.4/+5.2/
++5.0% with 0.4 against +7.3/+7.9/+7.0/+6.9/+6.9%; 0.3 and 0.35 were worse on most seeds (0.3
+draws some genomes twice), 0.5 on seeds 2 and 3. With both, the engine on that
+benchmark (3,000 trials, seeds 0-4) comes within 5% of the optimum after 1,086 / 1,085 / 1,835 /
+1,463 / 1,515 trials (Optuna's widths: 1,795 / 1,909 / never (+5.5%) / 2,614 / 2,903): about three
+times evolution's evaluations.
 
 Step 0 scores the start genome (repaired into the band unless ``constraint``), told as a trial
 whose parameters are that genome (its levels, or in ``shift`` its levels' sparsities).
@@ -69,8 +79,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
+from optuna.samplers._tpe.parzen_estimator import _ParzenEstimator
+from optuna.samplers._tpe.probability_distributions import _BatchedTruncNormDistributions
 from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -95,6 +108,8 @@ class TPEConfig:
     startup_trials: int = setting(10, "TPE random trials before the model")
     good_trials: int = setting(0, "TPE: the most best trials that model the good region l(x) (0: 10 in shift mode, "
                                   "Optuna's 25 otherwise)")
+    kernel_floor: float = setting(0.0, "TPE, shift mode: the narrowest kernel of the trials' model, in level steps "
+                                       "of each unit (0: 0.4)")
     ei_candidates: int = setting(0, "TPE draws per trial from the good trials' model, the best by expected improvement "
                                     "kept (0: 128 in shift mode, Optuna's 24 otherwise)")
     penalty: float = setting(1e6, "TPE value told for a genome outside the budget", cli=False)
@@ -106,6 +121,9 @@ class TPEConfig:
         require(self.startup_trials >= 0, "startup_trials", self.startup_trials, ">= 0")
         require(self.good_trials >= 0, "good_trials", self.good_trials, ">= 0")
         require(self.ei_candidates >= 0, "ei_candidates", self.ei_candidates, ">= 0")
+        require(math.isfinite(self.kernel_floor) and self.kernel_floor >= 0, "kernel_floor", self.kernel_floor, ">= 0")
+        require(self.kernel_floor == 0 or self.budget_mode == "shift", "kernel_floor", self.kernel_floor,
+                "0 unless budget_mode is 'shift'")
         require(self.stage >= 0, "stage", self.stage, ">= 0")
         require(self.finalists >= 0, "finalists", self.finalists, ">= 0")
         if self.storage:
@@ -120,6 +138,12 @@ class TPEConfig:
     def good_set_cap(self) -> int:
         """The good set's cap for this budget mode (``good_trials``, or its mode's default)."""
         return self.good_trials or (10 if self.budget_mode == "shift" else 25)
+
+    @property
+    def kernel_floor_steps(self) -> float | None:
+        """The narrowest kernel in level steps (``kernel_floor``, or 0.4); None: Optuna's own widths
+        (the ``repair`` and ``constraint`` modes)."""
+        return (self.kernel_floor or 0.4) if self.budget_mode == "shift" else None
 
 
 def _check_storage_url(url: str) -> None:
@@ -139,6 +163,51 @@ def good_set_size(trials: int, cap: int) -> int:
     return min(math.ceil(0.1 * trials), cap)
 
 
+def kernel_widths(centres: np.ndarray, low: float, high: float, floor: float) -> np.ndarray:
+    """The widths of a one-dimensional Parzen estimator's Gaussian kernels at ``centres`` in
+    [``low``, ``high``]: each kernel's larger distance to its neighbours in sorted order (the two
+    outermost: to their one inner neighbour; a single kernel: to the farther end), clipped to
+    [min(``floor``, (high - low) / min(100, n + 2)), high - low]. Without ``floor`` this is
+    Optuna 5's rule for n observations; ``floor`` lowers the least width of a small set."""
+    centres = np.asarray(centres, dtype=float)
+    n = len(centres)
+    if n == 0:
+        return np.empty(0)
+    if n == 1:
+        widths = np.array([max(centres[0] - low, high - centres[0])])
+    else:
+        order = np.argsort(centres, kind="stable")
+        gaps = np.diff(centres[order])
+        widths = np.empty(n)
+        widths[order] = np.maximum(np.append(0.0, gaps), np.append(gaps, 0.0))
+    least = min(floor, (high - low) / min(100.0, n + 2.0))
+    return np.clip(widths, least, high - low)
+
+
+class _LevelKernelEstimator(_ParzenEstimator):
+    """Optuna's Parzen estimator (a mixture of one kernel per observation and a prior) whose
+    kernels for the parameters in ``floors`` have the widths of :func:`kernel_widths` with that
+    floor. (Optuna's own least width is (high - low) / (n + 2): for a good set of 10 over a unit's
+    9 levels, 0.67 of a level step, so every draw moves about half of all units; Optuna 4
+    used one wider width for all kernels of its multivariate TPE.) Optuna lets a TPE sampler
+    replace its estimator class (``_parzen_estimator_cls``); ``optuna<6`` is required."""
+
+    def __init__(self, observations: dict[str, np.ndarray], search_space: dict[str, BaseDistribution],
+                 parameters: Any, predetermined_weights: np.ndarray | None = None, *, floors: dict[str, float]):
+        super().__init__(observations, search_space, parameters, predetermined_weights)
+        kernels = list(self._mixture_distribution.distributions)
+        for i, name in enumerate(search_space):
+            n = len(observations[name]) if name in observations else 0
+            if name not in floors or n == 0:
+                continue
+            k = kernels[i]
+            if not isinstance(k, _BatchedTruncNormDistributions) or len(k.mu) != n + 1:
+                raise RuntimeError(f"optuna {optuna.__version__}: unexpected TPE kernels for {name!r} ({type(k).__name__})")
+            # the last kernel is the prior; the others sit on the observations
+            kernels[i] = k._replace(sigma=np.append(kernel_widths(k.mu[:-1], k.low, k.high, floors[name]), k.sigma[-1]))
+        self._mixture_distribution = self._mixture_distribution._replace(distributions=kernels)
+
+
 class _KnownSpaceTPESampler(optuna.samplers.TPESampler):
     """Multivariate TPE over a search space known up front: the engine's parameters, the same in
     every trial. (The default infers it each step as the intersection of all trials' spaces, a
@@ -146,13 +215,17 @@ class _KnownSpaceTPESampler(optuna.samplers.TPESampler):
 
     ``good_trials`` caps the good set. Optuna 4.9 deprecated the ``gamma`` argument that sets it
     (removal planned for Optuna 6, hence ``optuna<6`` in the requirements); its warning is
-    silenced here because the engine sets it on purpose (see the module docstring)."""
+    silenced here because the engine sets it on purpose (see the module docstring).
+    ``kernel_floors`` (parameter name: least kernel width) selects :class:`_LevelKernelEstimator`."""
 
-    def __init__(self, search_space: dict[str, BaseDistribution], *, good_trials: int, **kwargs: Any):
+    def __init__(self, search_space: dict[str, BaseDistribution], *, good_trials: int,
+                 kernel_floors: dict[str, float] | None = None, **kwargs: Any):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*`gamma`.*", category=FutureWarning)
             super().__init__(multivariate=True, gamma=functools.partial(good_set_size, cap=good_trials), **kwargs)
         self._known_space = search_space
+        if kernel_floors:
+            self._parzen_estimator_cls = functools.partial(_LevelKernelEstimator, floors=kernel_floors)
 
     def infer_relative_search_space(self, study, trial) -> dict[str, BaseDistribution]:
         return dict(self._known_space)
@@ -203,6 +276,16 @@ class TPEEngine(Engine):
             return {u.name: FloatDistribution(0.0, 1.0) for u in self.space.units}
         return {u.name: IntDistribution(0, len(lv) - 1) for u, lv in zip(self.space.units, self.space.levels)}
 
+    @property
+    def _kernel_floors(self) -> dict[str, float] | None:
+        """Each unit's least kernel width in its parameter's units (shift mode: ``kernel_floor``
+        times the mean distance between the sparsities of its levels)."""
+        steps = self.config.kernel_floor_steps
+        if steps is None:
+            return None
+        return {u.name: steps * (lv[-1].sparsity - lv[0].sparsity) / (len(lv) - 1)
+                for u, lv in zip(self.space.units, self.space.levels) if lv[-1].sparsity > lv[0].sparsity}
+
     def _genome(self, sampled: tuple, *, start: bool) -> Genome:
         """The genome scored for the ``sampled`` parameters (or, at step 0, the start genome)."""
         mode = self.config.budget_mode
@@ -246,7 +329,7 @@ class TPEEngine(Engine):
             self.study.sampler = _KnownSpaceTPESampler(
                 self._distributions, seed=self.seed * 1_000_003 + self.step_index,
                 n_startup_trials=self.config.startup_trials, n_ei_candidates=self.config.candidates,
-                good_trials=self.config.good_set_cap,
+                good_trials=self.config.good_set_cap, kernel_floors=self._kernel_floors,
             )
             trial = self.study.ask()
             trial.set_user_attr("step", self.step_index)

@@ -3,13 +3,14 @@
 import json
 import warnings
 
+import numpy as np
 import pytest
 
 from sparsearch.search.budget import Budget, CostModel
 from sparsearch.search.errors import ConfigError, SparsearchError
 from sparsearch.search.evolution import EvolutionConfig, EvolutionEngine
 from sparsearch.search.nsga2 import NSGA2Config, NSGA2Engine
-from sparsearch.search.tpe import TPEConfig, TPEEngine, good_set_size
+from sparsearch.search.tpe import TPEConfig, TPEEngine, good_set_size, kernel_widths
 from sparsearch.search.tyr import TyrConfig, TyrEngine, centred_ladder
 from synthetic import SyntheticFitness, synthetic_rebuild, synthetic_space
 
@@ -271,3 +272,66 @@ def test_tpe_samples_with_its_candidate_count_and_good_set_cap(tmp_path, monkeyp
         TPEConfig(ei_candidates=-1)
     with pytest.raises(ConfigError, match="good_trials"):
         TPEConfig(good_trials=-1)
+
+
+def test_kernel_widths_by_hand():
+    # sorted neighbours: the outermost use their inner gap, the others the larger of their two gaps
+    assert np.allclose(kernel_widths(np.array([0.5, 0.25, 0.25]), 0.0, 1.0, 0.05), [0.25, 0.05, 0.25])
+    # Optuna's least width for 3 observations is 1/5; a floor above it changes nothing
+    assert np.allclose(kernel_widths(np.array([0.5, 0.25, 0.25]), 0.0, 1.0, 1.0), [0.25, 0.2, 0.25])
+    assert np.allclose(kernel_widths(np.array([0.3]), 0.0, 1.0, 0.05), [0.7])  # one kernel: to the farther end
+    assert np.allclose(kernel_widths(np.array([0.0, 1.0]), 0.0, 1.0, 0.05), [1.0, 1.0])  # at most the range
+    assert kernel_widths(np.array([]), 0.0, 1.0, 0.05).shape == (0,)
+
+
+@pytest.mark.skipif(int(__import__("optuna").__version__.split(".")[0]) < 5,
+                    reason="Optuna 4's multivariate TPE uses one width for all kernels")
+def test_level_kernels_match_optunas_above_its_floor_and_are_narrower_below():
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.samplers._tpe.parzen_estimator import _ParzenEstimator
+
+    from sparsearch.search.tpe import _LevelKernelEstimator
+
+    rng = np.random.default_rng(0)
+    space = {"a": FloatDistribution(0.0, 1.0), "b": FloatDistribution(0.0, 1.0)}
+    obs = {"a": rng.choice([0.25, 0.375, 0.5], 10), "b": rng.random(10)}
+    params = optuna.samplers.TPESampler()._parzen_estimator_parameters
+    optuna_sigmas = [d.sigma for d in _ParzenEstimator(obs, space, params)._mixture_distribution.distributions]
+    same = _LevelKernelEstimator(obs, space, params, floors={"a": 0.5, "b": 0.5})
+    assert all(np.allclose(d.sigma, s) for d, s in zip(same._mixture_distribution.distributions, optuna_sigmas))
+    narrow = _LevelKernelEstimator(obs, space, params, floors={"a": 0.05})
+    a, b = narrow._mixture_distribution.distributions
+    assert np.allclose(b.sigma, optuna_sigmas[1])  # a parameter without a floor keeps Optuna's kernels
+    assert a.sigma[-1] == 1.0 and np.allclose(a.mu, same._mixture_distribution.distributions[0].mu)  # the prior
+    assert np.allclose(a.sigma[:-1], kernel_widths(obs["a"], 0.0, 1.0, 0.05))
+    assert a.sigma[:-1].min() == pytest.approx(0.05) and optuna_sigmas[0][:-1].min() == pytest.approx(1 / 12)
+
+
+def test_tpe_shift_mode_floors_its_kernels_in_level_steps(tmp_path, monkeypatch):
+    from sparsearch.search import tpe
+
+    seen = []
+    original = tpe._LevelKernelEstimator.__init__
+
+    def spy(self, observations, search_space, parameters, predetermined_weights=None, *, floors):
+        seen.append(dict(floors))
+        original(self, observations, search_space, parameters, predetermined_weights, floors=floors)
+
+    monkeypatch.setattr(tpe._LevelKernelEstimator, "__init__", spy)
+    space = synthetic_space()
+    steps = {u.name: (lv[-1].sparsity - lv[0].sparsity) / (len(lv) - 1) for u, lv in zip(space.units, space.levels)}
+    for cfg, floor in ((TPEConfig(trials=4, startup_trials=1), 0.4), (TPEConfig(trials=4, startup_trials=1, kernel_floor=0.25), 0.25),
+                       (TPEConfig(trials=4, startup_trials=1, budget_mode="repair"), None)):
+        seen.clear()
+        TPEEngine(space, _make_budget(space), SyntheticFitness(space), cfg, run_dir=str(tmp_path / str(floor)), seed=0,
+                  log=None).run()
+        if floor is None:  # repair and constraint keep Optuna's kernels
+            assert seen == []
+        else:  # steps 1-3 (after one startup trial, the start) model the trials: l(x) and g(x) each
+            assert len(seen) == 6 and all(f == pytest.approx({k: floor * v for k, v in steps.items()}) for f in seen)
+    assert TPEConfig().kernel_floor_steps == 0.4 and TPEConfig(budget_mode="constraint").kernel_floor_steps is None
+    with pytest.raises(ConfigError, match="kernel_floor"):
+        TPEConfig(kernel_floor=-0.1)
+    with pytest.raises(ConfigError, match="kernel_floor"):
+        TPEConfig(kernel_floor=0.3, budget_mode="repair")
