@@ -1,7 +1,7 @@
 """Search engines against the exact optimum of a separable problem. Prints one JSON object.
 
     python bench/search_synthetic.py [--seeds 5] [--first-seed 0] [--max-evaluations 3000] [--engines evolution,...]
-                                     [--tpe-good-trials N]
+                                     [--tpe-good-trials N] [--tpe-kernel-floor F]
 
 The problem (noise-free, no torch): 30 layers = 60 units (attention and MLP), 9 levels each
 (sparsity 0, 1/8, ..., 1), attention:MLP parameter cost 1:3, 50% of the parameters removed, a 1%
@@ -105,7 +105,8 @@ def first_within(trace: list[float], optimum: float, rel: float) -> int | None:
     return None
 
 
-def run(name: str, problem: Problem, seed: int, max_evals: int, run_dir: Path, tpe_good_trials: int = 0) -> dict:
+def run(name: str, problem: Problem, seed: int, max_evals: int, run_dir: Path, tpe_good_trials: int = 0,
+        tpe_kernel_floor: float = 0.0) -> dict:
     space = problem.space()
     budget = Budget.from_sparsity(CostModel.params(space), 0.5, tolerance=0.01)
     trace: list[float] = []
@@ -123,7 +124,8 @@ def run(name: str, problem: Problem, seed: int, max_evals: int, run_dir: Path, t
         engine = NSGA2Engine(space, budget, fit, NSGA2Config(population=24, generations=gens, blocks=blocks), **kw)
     elif name in ("tpe", "tpe-repair"):  # budget mode shift (the default) or repair
         mode = "repair" if name == "tpe-repair" else "shift"
-        cfg = TPEConfig(trials=max_evals, startup_trials=20, budget_mode=mode, good_trials=tpe_good_trials)
+        cfg = TPEConfig(trials=max_evals, startup_trials=20, budget_mode=mode, good_trials=tpe_good_trials,
+                        kernel_floor=tpe_kernel_floor if mode == "shift" else 0.0)
         engine = TPEEngine(space, budget, fit, cfg, **kw)
     elif name == "tyr":
         def rebuild(round_index, ladders):
@@ -148,6 +150,8 @@ def main() -> None:
     p.add_argument("--engines", default="knapsack,evolution,evolution+knapsack,tyr,nsga2,nsga2-blocks,tpe")
     p.add_argument("--problem-seed", type=int, default=0)
     p.add_argument("--tpe-good-trials", type=int, default=0, help="TPE's good-set cap (0: the engine's default)")
+    p.add_argument("--tpe-kernel-floor", type=float, default=0.0,
+                   help="TPE's narrowest kernel in level steps (0: the engine's default)")
     p.add_argument("--first-seed", type=int, default=0)
     args = p.parse_args()
     problem = Problem(args.problem_seed)
@@ -158,7 +162,8 @@ def main() -> None:
     optimum = sum(d[g] for d, g in zip(damage, exact))
     dp = dp_optimum(problem, space, budget)
     uniform = sum(d[g] for d, g in zip(damage, budget.repair(space.uniform(0.5), random.Random(0))))
-    out = {"tpe_good_trials": TPEConfig(good_trials=args.tpe_good_trials).good_set_cap,
+    tpe = TPEConfig(good_trials=args.tpe_good_trials, kernel_floor=args.tpe_kernel_floor)
+    out = {"tpe_good_trials": tpe.good_set_cap, "tpe_kernel_floor": tpe.kernel_floor_steps,
            "problem": {"units": len(space.units), "levels": 9, "cost_attn_mlp": "1:3", "target_sparsity": 0.5,
                        "band": 0.01, "optimum": round(optimum, 4), "optimum_dp": round(dp, 4),
                        "uniform": round(uniform, 4)},
@@ -167,7 +172,7 @@ def main() -> None:
         rows = []
         for seed in range(args.first_seed, args.first_seed + (args.seeds if name != "knapsack" else 1)):
             with tempfile.TemporaryDirectory() as d:
-                r = run(name, problem, seed, args.max_evaluations, Path(d), args.tpe_good_trials)
+                r = run(name, problem, seed, args.max_evaluations, Path(d), args.tpe_good_trials, args.tpe_kernel_floor)
             rows.append({"to_5pct": first_within(r["trace"], optimum, 0.05), "to_1pct": first_within(r["trace"], optimum, 0.01),
                          "evaluations": len(r["trace"]), "final_gap": round(r["result"] / optimum - 1, 4),
                          "wall_s": round(r["wall_s"], 1)})
