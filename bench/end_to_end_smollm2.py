@@ -63,7 +63,7 @@ def main() -> None:
     from sparsearch.fitness.data import read_text, tokenize_text
     from sparsearch.fitness.metrics import eval_windows, perplexity
     from sparsearch.launch.cli import main as cli
-    from sparsearch.search.atomic import atomic_write_json
+    from sparsearch.base.atomic import atomic_write_json
     from sparsearch.search.knapsack import probes
     from sparsearch.supernet.models import load_model
     from sparsearch.supernet.stitch import Stitcher

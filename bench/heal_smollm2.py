@@ -71,7 +71,7 @@ def share_data(out: Path, cfg, calib, log=log) -> None:
     per token count; the row's ``data_from`` names the source (its ``wall_s`` then leaves out the
     teacher pass, which the source's includes)."""
     from sparsearch.launch.heal import HEAL_DIR
-    from sparsearch.search.atomic import atomic_write
+    from sparsearch.base.atomic import atomic_write
 
     mine = out / HEAL_DIR / "data.safetensors"
     if mine.is_file():
@@ -94,8 +94,8 @@ def prepare_data(out: Path, tokens: int, *, seqlen: int, calib, model_spec: str,
     into ``out`` in the layout of a row's heal folder, for :func:`share_data` to copy into the rows
     (a finished one is kept; an interrupted one starts again)."""
     from sparsearch.launch.heal import HEAL_DIR, HealConfig, training_data
-    from sparsearch.search.atomic import atomic_write_json
-    from sparsearch.search.config import as_dict
+    from sparsearch.base.atomic import atomic_write_json
+    from sparsearch.base.settings import as_dict
     from sparsearch.supernet.models import load_model
 
     cfg = HealConfig(tokens=tokens, seqlen=seqlen)

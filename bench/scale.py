@@ -83,7 +83,7 @@ def main() -> None:
     from sparsearch.search.oneshot import OneShotConfig
     from sparsearch.supernet import SupernetConfig, build_supernet
     from sparsearch.supernet.memory import PeakMemory
-    from sparsearch.supernet.plan import ModelShape, plan
+    from sparsearch.launch.plan import ModelShape, plan
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -30,7 +30,7 @@ def child_build(args) -> dict:
     from sparsearch.supernet.build import build_supernet
     from sparsearch.supernet.config import SupernetConfig
     from sparsearch.supernet.models import load_model
-    from sparsearch.supernet.plan import ModelShape, plan
+    from sparsearch.launch.plan import ModelShape, plan
 
     torch.set_num_threads(args.threads)
     model, tok = load_model("smollm2-135m")

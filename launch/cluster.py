@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from sparsearch.search.config import require, setting
+from sparsearch.base.settings import require, setting
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ import torch
 
 from sparsearch.fitness.data import read_text, tokenize_text
 from sparsearch.fitness.metrics import eval_windows, perplexity
-from sparsearch.search.config import require, setting
-from sparsearch.search.errors import SparsearchError
+from sparsearch.base.settings import require, setting
+from sparsearch.base.errors import SparsearchError
 from sparsearch.search.space import Genome
 
 

@@ -1,6 +1,6 @@
 """Command-line options derived from the config dataclasses, and presets merged into them.
 
-Every flag that sets a config field is made from the field (:func:`sparsearch.search.config.setting`):
+Every flag that sets a config field is made from the field (:func:`sparsearch.base.settings.setting`):
 its name, type, choices, help and default come from the dataclass, so the command line cannot
 disagree with the library. Flags are added with no argparse default; a value is resolved as
 the field's default, then the preset's value (``--config PRESET.yaml``, keys are flag names),
@@ -18,8 +18,8 @@ from typing import Any, Iterable
 
 import yaml
 
-from sparsearch.search.config import settings
-from sparsearch.search.errors import ConfigError, SparsearchError
+from sparsearch.base.settings import settings
+from sparsearch.base.errors import ConfigError, SparsearchError
 
 
 @dataclass(frozen=True)

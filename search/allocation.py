@@ -17,7 +17,7 @@ import random
 from typing import Sequence
 
 from sparsearch.search.budget import Budget
-from sparsearch.search.errors import SparsearchError
+from sparsearch.base.errors import SparsearchError
 from sparsearch.search.space import Genome, SearchSpace
 
 

@@ -18,7 +18,7 @@ import random
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from sparsearch.search.errors import SparsearchError
+from sparsearch.base.errors import SparsearchError
 from sparsearch.search.space import Genome, SearchSpace
 
 COST_KINDS = ("params", "flops", "latency")

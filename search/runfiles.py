@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from sparsearch.search.atomic import append_line, atomic_write, atomic_write_json, read_json_object, read_lines
+from sparsearch.base.atomic import append_line, atomic_write, atomic_write_json, read_json_object, read_lines
 from sparsearch.search.space import Genome
 
 SETTINGS = "settings.json"

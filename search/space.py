@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from sparsearch.search.errors import SparsearchError
+from sparsearch.base.errors import SparsearchError
 
 UNIT_KINDS = ("attn", "mlp")
 
@@ -54,6 +54,9 @@ class Ladder:
             raise ValueError(f"a ladder must start at 0.0 (dense) and end at 1.0 (removed), got {s}")
         if any(b <= a for a, b in zip(s, s[1:])):
             raise ValueError(f"ladder sparsities must be strictly increasing, got {s}")
+
+    def to_json(self) -> list[float]:
+        return list(self.sparsities)
 
     @classmethod
     def uniform(cls, step: float) -> "Ladder":

@@ -12,7 +12,7 @@ from typing import Callable
 
 from torch import nn
 
-from sparsearch.search.errors import SparsearchError
+from sparsearch.base.errors import SparsearchError
 
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from sparsearch.search.config import as_dict, require, require_choice, setting
-from sparsearch.search.errors import ConfigError
+from sparsearch.base.settings import as_dict, require, require_choice, setting
+from sparsearch.base.errors import ConfigError
 from sparsearch.search.space import Ladder, Unit
 
 CRITERIA = ("obs", "magnitude")

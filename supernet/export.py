@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparsearch.search.atomic import make_shared
-from sparsearch.search.errors import SparsearchError
+from sparsearch.base.atomic import make_shared
+from sparsearch.base.errors import SparsearchError
 from sparsearch.supernet import modeling_sparsearch, nemotron_nas
 from sparsearch.supernet.adapters import DecoderAdapter
 from sparsearch.supernet.modules import StitchedLayer

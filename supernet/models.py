@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from sparsearch.search.atomic import make_shared, read_json_object
-from sparsearch.search.errors import SparsearchError, first_line
+from sparsearch.base.atomic import make_shared, read_json_object
+from sparsearch.base.errors import SparsearchError, first_line
 
 DEFAULT_MODEL = "smollm2-135m"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

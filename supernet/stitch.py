@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from sparsearch.search.errors import SparsearchError
+from sparsearch.base.errors import SparsearchError
 from sparsearch.search.space import Genome, SearchSpace
 from sparsearch.supernet.adapters import DecoderAdapter
 from sparsearch.supernet.fingerprint import model_fingerprint

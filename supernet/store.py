@@ -28,8 +28,8 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from sparsearch.search.atomic import atomic_write, atomic_write_json, read_json_object
-from sparsearch.search.errors import SparsearchError
+from sparsearch.base.atomic import atomic_write, atomic_write_json, read_json_object
+from sparsearch.base.errors import SparsearchError
 from sparsearch.search.space import SearchSpace, Unit
 from sparsearch.supernet.variants import Variant
 

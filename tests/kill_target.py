@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from synthetic import SyntheticFitness, synthetic_rebuild, synthetic_space  # noqa: E402
 
-from sparsearch.search import atomic, runfiles  # noqa: E402
+from sparsearch.base import atomic  # noqa: E402
+from sparsearch.search import runfiles  # noqa: E402
 from sparsearch.search.budget import Budget, CostModel  # noqa: E402
 from sparsearch.search.registry import ENGINES  # noqa: E402
 
@@ -35,7 +36,7 @@ CONFIGS = {
     "tpe": ("tpe", dict(trials=24, startup_trials=6)),
     "tpe-constraint": ("tpe", dict(trials=24, startup_trials=6, budget_mode="constraint")),
     "tyr": ("tyr", dict(rounds=2, generations=4, offspring=4)),
-    "knapsack": ("knapsack", dict(stage=0)),
+    "knapsack": ("knapsack", dict(probe_stage=0)),
 }
 
 counts: dict[str, int] = {}

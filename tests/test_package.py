@@ -16,7 +16,7 @@ def _python(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("name", ["search", "supernet", "fitness", "launch"])
+@pytest.mark.parametrize("name", ["base", "search", "supernet", "fitness", "launch"])
 def test_only_the_sparsearch_name_is_installed(name, tmp_path):
     r = _python("-c", f"import {name}", cwd=tmp_path)
     assert r.returncode != 0 and f"ModuleNotFoundError: No module named '{name}'" in r.stderr

@@ -12,8 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
-from sparsearch.search.errors import ConfigError
-from sparsearch.search.space import Ladder
+from sparsearch.base.errors import ConfigError
 
 
 def setting(default: Any, help: str, *, flag: str | None = None, choices: Sequence[Any] | None = None,
@@ -46,8 +45,8 @@ def as_dict(cfg: Any) -> dict[str, Any]:
 
 
 def _plain(v: Any) -> Any:
-    if isinstance(v, Ladder):
-        return list(v.sparsities)
+    if hasattr(v, "to_json"):  # a value type that knows its JSON form (e.g. a ladder)
+        return v.to_json()
     if isinstance(v, (list, tuple)):
         return [_plain(x) for x in v]
     if isinstance(v, dict):

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from sparsearch.search.errors import SparsearchError
+from sparsearch.base.errors import SparsearchError
 
 
 def _failed(path: Path, e: OSError) -> SparsearchError:
