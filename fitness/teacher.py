@@ -85,7 +85,7 @@ class TeacherCache:
         index = self.top_index[rows].to(dev)
         log_norm = torch.logsumexp(logits, -1)
         log_q_top = logits.gather(-1, index) - log_norm.unsqueeze(-1)
-        log_q_rest = rest_logsumexp(logits, index) - log_norm
+        log_q_rest = rest_log_mass(logits, index, log_q_top, log_norm)
         lse = self.lse[rows].to(dev)
         log_p_top = self.top_logits[rows].to(dev) - lse.unsqueeze(-1)
         log_p_rest = self.rest_lse[rows].to(dev) - lse
@@ -101,6 +101,22 @@ def _top_k(logits: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     logits = logits.float()
     top = logits.topk(min(k, logits.shape[-1]), dim=-1)
     return top.values, top.indices, torch.logsumexp(logits, -1), rest_logsumexp(logits, top.indices)
+
+
+REST_PRECISION = -1e-3  # log of the top-k mass below which 1 - mass is exact enough in float32
+
+
+def rest_log_mass(logits: Tensor, index: Tensor, log_top: Tensor, log_norm: Tensor) -> Tensor:
+    """``log(1 - sum(softmax(logits)[index]))``, the log-probability outside ``index``, from the
+    top-k log-probabilities ``log_top`` (no second pass over the vocabulary). Where the top-k mass
+    is within 1e-3 of 1, float32 cannot resolve the rest from it, and those positions take the
+    rest's ``logsumexp`` directly (-inf when ``index`` covers every entry)."""
+    top_mass = torch.logsumexp(log_top, -1)
+    rest = torch.log(-torch.expm1(top_mass.clamp_max(REST_PRECISION)))
+    close = top_mass > REST_PRECISION
+    if close.any():
+        rest[close] = rest_logsumexp(logits[close], index[close]) - log_norm[close]
+    return rest
 
 
 def rest_logsumexp(logits: Tensor, index: Tensor) -> Tensor:

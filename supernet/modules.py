@@ -155,6 +155,8 @@ class StitchedLayer(nn.Module):
         self.__dict__["dense_blocks"] = {"attn": layer.self_attn, "mlp": layer.mlp}
         self.cache_index = getattr(layer.self_attn, "layer_idx", None)
         self.cache_keyword = cache_keyword(layer.self_attn)  # pruned blocks take either keyword
+        # called with the residual stream entering the MLP block when set (fitness.prefix records it)
+        self.tap: Callable[[Tensor], None] | None = None
         for name in ("attention_type", "layer_idx"):
             if hasattr(layer, name):
                 setattr(self, name, getattr(layer, name))
@@ -184,6 +186,12 @@ class StitchedLayer(nn.Module):
         elif past_key_values is not None and self.cache_index is not None:
             stand_in = hidden_states.new_zeros(hidden_states.shape[0], 1, hidden_states.shape[1], 1)
             past_key_values.update(stand_in, stand_in, self.cache_index)
+        if self.tap is not None:
+            self.tap(hidden_states)
+        return self.mlp_block(hidden_states)
+
+    def mlp_block(self, hidden_states: Tensor) -> Tensor:
+        """The MLP half of the layer: the residual stream after attention in, the layer's output out."""
         if self.mlp is not None:
             hidden_states = hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
         return hidden_states
