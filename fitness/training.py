@@ -46,7 +46,7 @@ class Trainer:
         trainer = Trainer(model, params, cfg, total_steps)
         for step in range(total_steps):
             loss = trainer.step(micro_batches, loss_fn)   # loss_fn(model, batch) -> scalar tensor
-        trainer.state_dict() / trainer.load_state_dict(d)    # masters, optimizer, step (resume)
+        trainer.state_tensors() / trainer.load_state_tensors(t)    # masters, optimizer, step (resume)
     """
 
     def __init__(self, model: nn.Module, params: Iterable[nn.Parameter], cfg: TrainConfig, total_steps: int):
@@ -100,18 +100,37 @@ class Trainer:
             p.requires_grad_(False)
             p.grad = None
 
-    def state_dict(self) -> dict:
-        return {"step": self.step_index, "optimizer": self.optimizer.state_dict(),
-                "masters": [m.detach().clone() for m in self.masters]}
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The resumable state as named tensors (safetensors, nothing pickled): the float32 masters,
+        AdamW's per-parameter state, and the step count."""
+        out = {"step": torch.tensor(self.step_index, dtype=torch.int64)}
+        for i, m in enumerate(self.masters):
+            out[f"master.{i}"] = m.detach().cpu().clone()
+        for i, state in self.optimizer.state_dict()["state"].items():
+            for key, value in state.items():
+                out[f"optimizer.{i}.{key}"] = torch.as_tensor(value).detach().cpu().clone()
+        return out
 
-    def load_state_dict(self, state: dict) -> None:
-        self.step_index = state["step"]
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore :meth:`state_tensors`; a set of tensors of another trainer (other parameters,
+        shapes) raises ``ValueError``."""
+        masters = [tensors.get(f"master.{i}") for i in range(len(self.masters))]
+        if any(t is None or t.shape != m.shape for t, m in zip(masters, self.masters)) or "step" not in tensors:
+            raise ValueError("the saved trainer state does not fit these parameters")
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for name, value in tensors.items():
+            kind, _, rest = name.partition(".")
+            if kind == "optimizer":
+                index, _, key = rest.partition(".")
+                state.setdefault(int(index), {})[key] = value
+        groups = self.optimizer.state_dict()["param_groups"]  # the hyperparameters are this run's own
+        self.step_index = int(tensors["step"])
         with torch.no_grad():
-            for p, m, saved in zip(self.params, self.masters, state["masters"]):
+            for p, m, saved in zip(self.params, self.masters, masters):
                 m.copy_(saved)
                 if m is not p:
                     p.copy_(m)
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
 def next_token_loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,8 @@ accumulation, cosine schedule). The result is written as a healed export beside 
 
 Files in ``RUN/heal/`` (all written atomically): ``settings.json`` (what a ``--resume`` must
 match), ``data.safetensors`` (the training tokens and, with top-k, the teacher cache),
-``checkpoint.pt`` (every ``checkpoint_every`` steps: trainer state and loss history); the
+``checkpoint.safetensors`` (every ``checkpoint_every`` steps: trainer state and loss history, as
+tensors and JSON metadata; nothing in the folder is unpickled); the
 finished run writes ``RUN/heal.json``. A resumed run skips the batches already seen and ends
 with the same weights as an uninterrupted one.
 
@@ -24,7 +25,6 @@ Call order::
 from __future__ import annotations
 
 import copy
-import io
 import json
 import math
 import shutil
@@ -34,8 +34,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import load_file
-from safetensors.torch import save as st_save
 from tqdm.auto import tqdm
 
 from sparsearch.fitness.config import TrainConfig
@@ -44,9 +42,10 @@ from sparsearch.fitness.metrics import perplexity
 from sparsearch.fitness.teacher import TeacherCache
 from sparsearch.fitness.training import Trainer, batch_rows, cached_distill_loss, online_distill_loss
 from sparsearch.launch.heldout import HeldoutConfig, heldout_windows
-from sparsearch.search.atomic import atomic_write, atomic_write_json, read_json_object
-from sparsearch.search.config import as_dict, require, setting
-from sparsearch.search.errors import SparsearchError
+from sparsearch.base.atomic import atomic_write, atomic_write_json, read_json_object
+from sparsearch.base.settings import as_dict, require, setting
+from sparsearch.base.errors import SparsearchError, first_line
+from sparsearch.base.tensorfiles import read_tensors, tensors_bytes
 
 Log = Callable[[str], None]
 HEAL_DIR = "heal"
@@ -141,10 +140,29 @@ def _settings(cfg: HealConfig, summary: dict, calib: CalibrationConfig, dtype: s
             "calibration": calib.describe(), "dtype": dtype, "seed": seed}
 
 
+CHECKPOINT = "checkpoint.safetensors"
+LEGACY_CHECKPOINT = "checkpoint.pt"  # a pickle (before safetensors checkpoints): never loaded
+
+
 def _save_checkpoint(path: Path, trainer: Trainer, history: list[float], seconds: float) -> None:
-    buf = io.BytesIO()
-    torch.save({"trainer": trainer.state_dict(), "history": history, "seconds": seconds}, buf)
-    atomic_write(path, buf.getvalue())
+    meta = {"history": json.dumps(history), "seconds": repr(seconds)}
+    atomic_write(path, tensors_bytes(trainer.state_tensors(), meta))
+
+
+def _load_checkpoint(path: Path, trainer: Trainer) -> tuple[list[float], float]:
+    """Restore ``trainer`` from the checkpoint at ``path``; returns the loss history and seconds."""
+    fix = f"remove {path.parent} to heal from the start"
+    tensors, meta = read_tensors(path, "heal checkpoint", fix, need=["step"])
+    try:
+        history, seconds = json.loads(meta["history"]), float(meta["seconds"])
+        if not (isinstance(history, list) and all(isinstance(x, (int, float)) for x in history)):
+            raise ValueError("history is not a list of numbers")
+        trainer.load_state_tensors(tensors)
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        raise SparsearchError(f"heal checkpoint {path} does not fit this run ({first_line(e)}); {fix}") from None
+    if len(history) != trainer.step_index:
+        raise SparsearchError(f"heal checkpoint {path} holds {len(history)} losses for {trainer.step_index} steps; {fix}")
+    return history, seconds
 
 
 def training_data(path: Path, cfg: HealConfig, calib: CalibrationConfig, model, tokenizer, *, resume: bool,
@@ -154,7 +172,12 @@ def training_data(path: Path, cfg: HealConfig, calib: CalibrationConfig, model, 
     on resume). They depend on neither the genome nor the training method."""
     calib = replace(calib, samples=cfg.sequences, seqlen=cfg.seqlen)
     if resume and path.is_file():
-        t = load_file(str(path))
+        fix = f"remove {path.parent} to heal from the start"
+        t, _ = read_tensors(path, "heal data", fix, need=["tokens"])
+        if "top_logits" in t:
+            t, _ = read_tensors(path, "heal data", fix, need=TeacherCache.__dataclass_fields__)
+        if t["tokens"].dim() != 2 or t["tokens"].dtype != torch.int64 or t["tokens"].shape[1] != cfg.seqlen:
+            raise SparsearchError(f"heal data {path} holds no {cfg.seqlen}-token sequences; {fix}")
         return t["tokens"], (TeacherCache.from_tensors(t) if "top_logits" in t else None)
     log(f"heal data: {cfg.sequences} x {cfg.seqlen} tokens from {calib.source}"
         + (f" ({calib.location})" if calib.location else ""))
@@ -170,7 +193,7 @@ def training_data(path: Path, cfg: HealConfig, calib: CalibrationConfig, model, 
             log(f"teacher: top-{cfg.teacher_topk} logits of the dense model on {tokens.numel():,} tokens")
             cache = TeacherCache.compute(model, tokens, k=cfg.teacher_topk, batch_size=cfg.batch_size,
                                          progress=progress)
-    atomic_write(path, st_save(cache.tensors() if cache is not None else {"tokens": tokens}))
+    atomic_write(path, tensors_bytes(cache.tensors() if cache is not None else {"tokens": tokens}))
     return tokens, cache
 
 
@@ -218,7 +241,10 @@ def heal(run_dir: str | Path, out: str | Path, cfg: HealConfig, calib: Calibrati
     if resume:  # the temporary folder of an export that a kill interrupted
         for stale in out.parent.glob(f".{out.name}.*"):
             shutil.rmtree(stale, ignore_errors=True)
-    ckpt_path = heal_dir / "checkpoint.pt"
+    ckpt_path = heal_dir / CHECKPOINT
+    if resume and (heal_dir / LEGACY_CHECKPOINT).exists():
+        raise SparsearchError(f"{heal_dir / LEGACY_CHECKPOINT} is a pickled checkpoint of an older sparsearch, which is "
+                              f"never loaded (a pickle can run code); remove {heal_dir} to heal from the start")
     if heal_dir.exists() and any(heal_dir.iterdir()):
         if not resume:
             raise SparsearchError(f"{heal_dir} holds a started healing run: --resume continues it, or remove the folder")
@@ -255,9 +281,7 @@ def heal(run_dir: str | Path, out: str | Path, cfg: HealConfig, calib: Calibrati
         params = [p for p in trained.parameters() if cfg.full or p.requires_grad]
         trainer = Trainer(trained, params, cfg.train_config, cfg.steps)
         if resume and ckpt_path.is_file():
-            state = torch.load(ckpt_path, weights_only=False)
-            trainer.load_state_dict(state["trainer"])
-            history, seconds = state["history"], state["seconds"]
+            history, seconds = _load_checkpoint(ckpt_path, trainer)
             log(f"resumed at step {trainer.step_index} of {cfg.steps}")
         device = next(trained.parameters()).device
         loss_fn = cached_distill_loss(cache) if cache is not None else online_distill_loss(teacher)

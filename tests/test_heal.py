@@ -21,7 +21,7 @@ from sparsearch.fitness.data import CalibrationConfig
 from sparsearch.fitness.teacher import TeacherCache
 from sparsearch.launch.cli import main
 from sparsearch.launch.heal import HealConfig, heal
-from sparsearch.search.errors import SparsearchError
+from sparsearch.base.errors import SparsearchError
 from sparsearch.supernet.models import load_model
 
 
@@ -129,7 +129,7 @@ def test_sigkilled_heal_resumes_to_the_uninterrupted_weights(searched, tmp_path)
         for _ in range(2):  # two kills in a row, each resumed by the next process
             proc = subprocess.Popen(_heal_cli(run, text, *resume), env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True)
-            checkpoint = run / "heal" / "checkpoint.pt"
+            checkpoint = run / "heal" / "checkpoint.safetensors"
             seen = checkpoint.stat().st_mtime_ns if checkpoint.exists() else None
             while proc.poll() is None and (not checkpoint.exists() or checkpoint.stat().st_mtime_ns == seen):
                 time.sleep(0.005)  # until this process has written a checkpoint
