@@ -7,8 +7,8 @@ import math
 from dataclasses import dataclass
 
 from sparsearch.fitness.schedule import PRESETS, TokenSchedule
-from sparsearch.search.config import require, require_choice, setting
-from sparsearch.search.errors import ConfigError
+from sparsearch.base.settings import require, require_choice, setting
+from sparsearch.base.errors import ConfigError
 
 DEFAULT_SCHEDULE = "4:512,2:1024,1:2048"
 SCHEDULES = ("constant", "cosine")
@@ -18,7 +18,8 @@ SCHEDULES = ("constant", "cosine")
 class FitnessConfig:
     """``schedule``: stages ``survivors:tokens[:train_tokens]`` (or a preset name); ``topk``:
     teacher logits kept per token; ``batch_size``: sequences per scoring forward pass; ``pool``:
-    the fitness tokens drawn from the calibration source, as a multiple of the last stage's."""
+    the fitness tokens drawn from the calibration source, as a multiple of the last stage's;
+    ``validation``: the validation split, likewise (scored as stage :data:`~sparsearch.search.fitness.VALIDATION`)."""
 
     schedule: str = setting(DEFAULT_SCHEDULE, "fitness stages survivors:tokens[:train_tokens],... or a preset: "
                             + ", ".join(PRESETS), metavar="STAGES")
@@ -26,12 +27,16 @@ class FitnessConfig:
     batch_size: int = setting(4, "sequences per scoring forward pass", flag="eval-batch-size", metavar="N")
     pool: int = setting(4, "fitness token pool, in multiples of the last stage's tokens: evolution scores each "
                         "generation on fresh batches drawn from it", flag="fitness-pool", metavar="X")
+    validation: int = setting(4, "validation split of the calibration source that no fitness evaluation sees, in "
+                              "multiples of the last stage's tokens: the run's genome is the candidate that scores "
+                              "best on it (0: off, the search's own best)", metavar="X")
 
     def __post_init__(self) -> None:
         self.token_schedule  # validates
         require(self.topk >= 1, "topk", self.topk, ">= 1")
         require(self.batch_size >= 1, "eval_batch_size", self.batch_size, ">= 1")
         require(self.pool >= 1, "fitness_pool", self.pool, ">= 1")
+        require(self.validation >= 0, "validation", self.validation, ">= 0")
 
     @property
     def token_schedule(self) -> TokenSchedule:

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from sparsearch.search.config import require, require_choice, setting
-from sparsearch.search.errors import SparsearchError, SparsearchWarning, first_line
+from sparsearch.base.settings import require, require_choice, setting
+from sparsearch.base.errors import SparsearchError, SparsearchWarning, first_line
 from sparsearch.supernet.modules import cache_keyword, output_cache
 
 SOURCES = ("self", "text", "dataset")
@@ -208,9 +208,15 @@ def sample_from_model(
     return torch.cat(out)
 
 
+def read_source_ids(cfg: CalibrationConfig, tokenizer) -> torch.Tensor:
+    """The token ids of a text or dataset source, as one 1-D stream."""
+    text = read_text(cfg.location) if cfg.source == "text" else dataset_text(cfg.location)
+    return tokenize_text(text, tokenizer)
+
+
 def calibration_tokens(cfg: CalibrationConfig, model, tokenizer, *, progress: bool = False) -> torch.Tensor:
-    """The ``samples x seqlen`` calibration tokens described by ``cfg``."""
+    """The ``samples x seqlen`` calibration tokens described by ``cfg`` (a run draws every split of
+    its source through :mod:`sparsearch.launch.tokens`)."""
     if cfg.source == "self":
         return sample_from_model(model, tokenizer, cfg.samples, cfg.seqlen, cfg.seed, cfg.sample_batch, progress)
-    text = read_text(cfg.location) if cfg.source == "text" else dataset_text(cfg.location)
-    return windows(tokenize_text(text, tokenizer), cfg.samples, cfg.seqlen, cfg.seed)
+    return windows(read_source_ids(cfg, tokenizer), cfg.samples, cfg.seqlen, cfg.seed)

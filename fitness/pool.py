@@ -38,12 +38,13 @@ class EvaluatorSpec:
     trust_remote_code: bool = False  # run code shipped with the model (the user said so)
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields of training-aware stages
     train_tokens: str | None = None  # a safetensors file with the "tokens" they train on
+    validation_tokens: str | None = None  # a safetensors file with the validation split's "tokens"
 
 
 def build_evaluator(spec: EvaluatorSpec):
     import torch
-    from safetensors.torch import load_file
 
+    from sparsearch.base.tensorfiles import read_tensors
     from sparsearch.fitness.evaluator import Evaluator
     from sparsearch.fitness.schedule import TokenSchedule
     from sparsearch.fitness.config import TrainConfig
@@ -57,12 +58,14 @@ def build_evaluator(spec: EvaluatorSpec):
     else:  # the machine's accelerator (CUDA, ...) if it has one, else where the model loads
         device = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
     model, _ = load_model(spec.model, dtype=spec.dtype, device=device, trust_remote_code=spec.trust_remote_code)
-    tokens = load_file(spec.tokens)["tokens"]
+    def read(path: str | None):
+        fix = "the run directory must be on storage every node sees"
+        return read_tensors(path, "run tokens", fix, need=["tokens"])[0]["tokens"] if path else None
+
     schedule = TokenSchedule.of(spec.schedule)
-    train_tokens = load_file(spec.train_tokens)["tokens"] if spec.train_tokens else None
-    return Evaluator(model, SupernetStore.open(spec.supernet), tokens, schedule, topk=spec.topk,
+    return Evaluator(model, SupernetStore.open(spec.supernet), read(spec.tokens), schedule, topk=spec.topk,
                      batch_size=spec.batch_size, seed=spec.seed, train=TrainConfig(**spec.train),
-                     train_tokens=train_tokens)
+                     train_tokens=read(spec.train_tokens), validation_tokens=read(spec.validation_tokens))
 
 
 class InProcessPool:
@@ -71,6 +74,7 @@ class InProcessPool:
     def __init__(self, spec: EvaluatorSpec | None = None, *, evaluator=None):
         self.evaluator = evaluator if evaluator is not None else build_evaluator(spec)
         self.survivors = self.evaluator.survivors
+        self.validates = self.evaluator.validates
 
     def evaluate_many(self, genomes: Sequence[Genome], stage: int,
                       on_result: Callable[[int, float], None] | None = None, sample: int = 0) -> list[float]:
@@ -84,10 +88,11 @@ class _Actor:
     def __init__(self, spec: EvaluatorSpec):
         self.evaluator = build_evaluator(spec)
 
-    def evaluate(self, genome: list[int], stage: int, sample: int) -> tuple[float, str]:
+    def evaluate(self, genome: list[int], stage: int, sample: int, base: list[int] | None = None) -> tuple[float, str]:
         import ray
 
-        return self.evaluator.evaluate(tuple(genome), stage, sample), ray.get_runtime_context().get_node_id()
+        base = tuple(base) if base is not None else None
+        return self.evaluator.evaluate(tuple(genome), stage, sample, base), ray.get_runtime_context().get_node_id()
 
 
 class RayPool:
@@ -100,6 +105,7 @@ class RayPool:
             raise RuntimeError("RayPool needs ray.init() first (see launch.cluster.connect)")
         self.spec = spec
         self.survivors = tuple(s[0] for s in spec.schedule)
+        self.validates = spec.validation_tokens is not None
         self._cls = ray.remote(num_gpus=num_gpus, num_cpus=num_cpus, max_restarts=0)(_Actor)
         self.actors = [self._cls.remote(spec) for _ in range(workers)]
         self.nodes: list[str] = []  # node id of every finished evaluation, in completion order
@@ -110,6 +116,14 @@ class RayPool:
         import ray
         from ray.exceptions import RayActorError
 
+        from sparsearch.fitness.prefix import choose_base
+
+        # a batch that shares a long prefix is scored from one base's states on each actor
+        from sparsearch.search.fitness import VALIDATION
+
+        trains = stage != VALIDATION and self.spec.schedule[stage][2]
+        base = None if trains else choose_base([tuple(g) for g in genomes])
+        base = list(base) if base is not None else None
         scores: list[float | None] = [None] * len(genomes)
         todo = list(range(len(genomes)))
         running: dict[Any, tuple[int, int]] = {}  # ref -> (genome index, actor slot)
@@ -117,7 +131,7 @@ class RayPool:
         while todo or running:
             while todo and idle:
                 i, slot = todo.pop(0), idle.pop(0)
-                running[self.actors[slot].evaluate.remote(list(genomes[i]), stage, sample)] = (i, slot)
+                running[self.actors[slot].evaluate.remote(list(genomes[i]), stage, sample, base)] = (i, slot)
             done, _ = ray.wait(list(running), num_returns=1)
             ref = done[0]
             i, slot = running.pop(ref)

@@ -22,7 +22,7 @@ from sparsearch.launch.cluster import ClusterConfig
 from sparsearch.launch.config import SearchConfig
 from sparsearch.launch.heldout import HeldoutConfig
 from sparsearch.launch.options import Options, Resolved, read_preset
-from sparsearch.search.errors import SparsearchError, SparsearchWarning
+from sparsearch.base.errors import SparsearchError, SparsearchWarning
 from sparsearch.search.registry import ENGINES
 from sparsearch.supernet.config import SupernetConfig
 
@@ -142,10 +142,14 @@ def calibration_config(o: Resolved, default: tuple[str, str | None] = ("self", N
 
 def search_config(o: Resolved, log: Callable[[str], None]) -> SearchConfig:
     engine_cls = ENGINES[o.engine][1]
-    unused = o.unused(engine_cls, [cls for _, cls in ENGINES.values()])
+    init_cls = ENGINES[o.init][1] if o.init in ENGINES and not ENGINES[o.engine][0].one_shot else None
+    unused = sorted(set(o.unused(engine_cls, [cls for _, cls in ENGINES.values()]))
+                    & set(o.unused(init_cls or engine_cls, [cls for _, cls in ENGINES.values()])))
     if unused:
-        log(f"sparsearch: warning: {', '.join(unused)} not used by engine {o.engine}")
-    return o.config(SearchConfig, seed=o.seed, engine_config=o.config(engine_cls))
+        log(f"sparsearch: warning: {', '.join(unused)} not used by engine {o.engine}"
+            + (f" or its start {o.init}" if init_cls else ""))
+    return o.config(SearchConfig, seed=o.seed, engine_config=o.config(engine_cls),
+                    init_config=o.config(init_cls) if init_cls else None)
 
 
 def _log(o: Resolved) -> Callable[[str], None]:
@@ -409,17 +413,16 @@ def _plan_options(o: Options) -> None:
          "memory (--calib-self, the default), build memory and forward passes, evaluation and search tokens; "
          "prints JSON", _plan_options)
 def cmd_plan(o: Resolved) -> int:
-    from sparsearch.launch.pipeline import start_names
+    from sparsearch.launch.plan import ModelShape, plan
+    from sparsearch.launch.tokens import TokenPlan
     from sparsearch.supernet.models import load_config
-    from sparsearch.supernet.plan import ModelShape, plan
 
     search, supernet = search_config(o, _log(o)), o.config(SupernetConfig)
     calib, fitness = calibration_config(o), o.config(FitnessConfig)
     shape = ModelShape.from_config(load_config(o.model, trust_remote_code=o.trust_remote_code), o.dtype)
-    result = plan(shape, supernet, samples=calib.samples, seqlen=calib.seqlen, target=search.target_sparsity,
-                  schedule=fitness.token_schedule, engine=search.engine, engine_config=search.engine_config,
-                  starts=len(start_names(search)), device=_device(o.device).type,
-                  sample_batch=calib.sample_batch if calib.source == "self" else None)
+    result = plan(shape, supernet, samples=calib.samples, seqlen=calib.seqlen, search=search,
+                  schedule=fitness.token_schedule, validation_rows=TokenPlan.of(calib, fitness).validation,
+                  device=_device(o.device).type, sample_batch=calib.sample_batch if calib.source == "self" else None)
     result["model"] = {"name": o.model, **result["model"]}
     print(json.dumps(result, indent=1))
     return 0
@@ -489,7 +492,7 @@ def _heal_options(o: Options) -> None:
 def cmd_heal(o: Resolved) -> int:
     from sparsearch.launch.heal import HEALED_EXPORT, HealConfig, heal
     from sparsearch.launch.report import SUMMARY
-    from sparsearch.search.atomic import read_json_object
+    from sparsearch.base.atomic import read_json_object
 
     cfg, heldout = o.config(HealConfig), o.config(HeldoutConfig)
     if o.given("lora_rank") and cfg.full:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sparsearch.search.config import as_dict, require, require_choice, setting
+from sparsearch.base.settings import as_dict, require, require_choice, setting
 from sparsearch.search.registry import ENGINES, INITS
 
 COSTS = ("params", "flops")
@@ -16,18 +16,22 @@ COSTS = ("params", "flops")
 class SearchConfig:
     """``engine``: a search (evolution, nsga2, tpe, tyr) or a one-shot allocation (uniform, owl,
     flap: no search); ``engine_config``: an instance of that engine's config dataclass (default:
-    its defaults). ``init``: where a search starts. ``target_sparsity``: fraction of the prunable
+    its defaults). ``init``: where a search starts (``init_config``: that start's settings, for
+    ``best`` none). ``patience``: validation patience (see :mod:`sparsearch.search.engine`). ``target_sparsity``: fraction of the prunable
     cost removed; ``tolerance``: the budget band below the limit, as a fraction of the dense cost."""
 
     engine: str = setting("evolution", "search engine, or a one-shot allocation (no search)", choices=ENGINES)
-    init: str = setting("uniform", "where a search starts: a one-shot allocation, or best (the one with the "
-                        "lowest fitness)", choices=INITS)
+    init: str = setting("knapsack", "where a search starts: a one-shot allocation, or best (the one of uniform, "
+                        "owl and flap with the lowest fitness)", choices=INITS)
     target_sparsity: float = setting(0.5, "fraction of the prunable cost (parameters or FLOPs) removed")
     cost: str = setting("params", "what the budget limits", choices=COSTS)
     tolerance: float = setting(0.01, "budget band below the limit, as a fraction of the dense cost")
     baseline_samples: int = setting(32, "calibration sequences that OWL/FLAP score activations on", metavar="N")
+    patience: int = setting(5, "stop a search whose candidates have not improved the validation score for K "
+                            "generations or rounds (0: never)", metavar="K")
     seed: int = setting(0, "seed of the search", cli=False)
     engine_config: Any = setting(None, "the engine's settings", cli=False)
+    init_config: Any = setting(None, "the settings of the --init start (a one-shot allocation's)", cli=False)
 
     def __post_init__(self) -> None:
         require_choice("engine", self.engine, ENGINES)
@@ -36,11 +40,14 @@ class SearchConfig:
         require_choice("cost", self.cost, COSTS)
         require(0.0 <= self.tolerance < 1.0, "tolerance", self.tolerance, "within [0, 1)")
         require(self.baseline_samples >= 1, "baseline_samples", self.baseline_samples, ">= 1")
-        config_cls = ENGINES[self.engine][1]
-        if self.engine_config is None:
-            object.__setattr__(self, "engine_config", config_cls())
-        require(isinstance(self.engine_config, config_cls), "engine_config", self.engine_config,
-                f"a {config_cls.__name__} for engine {self.engine}")
+        require(self.patience >= 0, "patience", self.patience, ">= 0")
+        for field, name in (("engine_config", self.engine), ("init_config", self.init)):
+            config_cls = ENGINES[name][1] if name in ENGINES else type(None)
+            if getattr(self, field) is None and name in ENGINES:
+                object.__setattr__(self, field, config_cls())
+            require(isinstance(getattr(self, field), config_cls), field, getattr(self, field),
+                    f"a {config_cls.__name__} for {name}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {**as_dict(self), "engine_config": as_dict(self.engine_config)}
+        return {**as_dict(self), "engine_config": as_dict(self.engine_config),
+                "init_config": as_dict(self.init_config) if self.init_config is not None else None}

@@ -11,20 +11,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import load_file
-from safetensors.torch import save as st_save
 
 from sparsearch.fitness.config import FitnessConfig, TrainConfig
-from sparsearch.fitness.data import CalibrationConfig, calibration_tokens
+from sparsearch.fitness.data import CalibrationConfig
+from sparsearch.launch import tokens as run_tokens
 from sparsearch.launch.cluster import ClusterConfig
 from sparsearch.launch.config import SearchConfig
 from sparsearch.launch.evaluators import FitnessFactory, OpenFitness
-from sparsearch.search.atomic import atomic_write
 from sparsearch.search.budget import Budget, CostModel
-from sparsearch.search.config import as_dict
+from sparsearch.base.settings import as_dict
 from sparsearch.search.engine import Result
-from sparsearch.search.errors import SparsearchError
-from sparsearch.search.knapsack import KnapsackStart
+from sparsearch.base.errors import SparsearchError
+from sparsearch.search.knapsack import KnapsackConfig, KnapsackStart
 from sparsearch.search.registry import BEST_START, BEST_STARTS, ENGINES, ONE_SHOT
 from sparsearch.search.space import Genome, Ladder, SearchSpace
 from sparsearch.supernet.build import build_supernet
@@ -35,8 +33,6 @@ from sparsearch.supernet.stitch import Stitcher
 from sparsearch.supernet.store import SupernetStore
 
 Log = Callable[[str], None]
-FITNESS_TOKENS = "fitness_tokens.safetensors"
-TRAIN_TOKENS = "train_tokens.safetensors"
 
 
 @dataclass(frozen=True)
@@ -56,6 +52,7 @@ class SearchOutcome:
     nodes: list[str]
     params_total: int
     stitcher: Stitcher
+    validation_tokens: int = 0  # tokens of the validation split (0: none)
 
 
 def require_fits(model, *, seqlens: dict[str, int], supernet: SupernetConfig | None = None) -> None:
@@ -89,57 +86,10 @@ def ensure_supernet(
     else:
         log(f"calibration: {calib.samples} x {calib.seqlen} tokens from {calib.source}"
             + (f" ({calib.location})" if calib.location else ""))
-        tokens = calibration_tokens(calib, model, tokenizer, progress=progress)
+        tokens = run_tokens.draw(calib, run_tokens.TokenPlan(calib.seqlen, calib.samples, 0), "calibration", model,
+                                 tokenizer, progress=progress)
     return build_supernet(model, tokens, str(out), cfg, model_name=model_name, calibration=calib.describe(),
                           progress=progress)
-
-
-def _kept_tokens(path: Path, rows: int, seqlen: int) -> torch.Tensor | None:
-    """The tokens a run keeps in ``path`` (for resumes, and for Ray actors, which read them from
-    there), if they have the shape asked for."""
-    if path.is_file():
-        tokens = load_file(str(path))["tokens"]
-        if tokens.shape == (rows, seqlen):
-            return tokens
-    return None
-
-
-def _keep_tokens(path: Path, tokens: torch.Tensor) -> torch.Tensor:
-    atomic_write(path, st_save({"tokens": tokens.contiguous()}))
-    return tokens
-
-
-def fitness_tokens(calib: CalibrationConfig, fitness: FitnessConfig, model, tokenizer, run_dir: Path) -> torch.Tensor:
-    """The fitness token pool: the calibration source again with another seed (never held-out
-    text), ``fitness.pool`` times the sequences the schedule's last stage needs."""
-    path, rows = run_dir / FITNESS_TOKENS, math.ceil(fitness.token_schedule.max_tokens / calib.seqlen) * fitness.pool
-    kept = _kept_tokens(path, rows, calib.seqlen)
-    if kept is not None:
-        return kept
-    return _keep_tokens(path, calibration_tokens(dataclasses.replace(calib, samples=rows, seed=calib.seed + 1),
-                                                 model, tokenizer))
-
-
-def training_tokens(calib: CalibrationConfig, fitness: FitnessConfig, model, tokenizer, run_dir: Path,
-                    scored: torch.Tensor) -> torch.Tensor | None:
-    """What training-aware stages train on (None when no stage trains): sequences of the
-    calibration source drawn with a third seed, enough for the largest stage's ``train_tokens``,
-    and none of them a sequence of the fitness pool ``scored`` (a candidate is not trained on the
-    tokens it is then scored on; only a source too short to avoid them repeats some). Every
-    candidate of a stage is trained on the same batches."""
-    most = max(s.train_tokens for s in fitness.token_schedule.stages)
-    if not most:
-        return None
-    path, rows = run_dir / TRAIN_TOKENS, math.ceil(most / calib.seqlen)
-    kept = _kept_tokens(path, rows, calib.seqlen)
-    if kept is not None:
-        return kept
-    drawn = calibration_tokens(dataclasses.replace(calib, samples=rows + scored.shape[0], seed=calib.seed + 2),
-                               model, tokenizer)
-    pool = {tuple(r) for r in scored.tolist()}
-    scored_too = [tuple(r) in pool for r in drawn.tolist()]
-    order = sorted(range(drawn.shape[0]), key=lambda i: scored_too[i])  # stable: the fresh rows first
-    return _keep_tokens(path, drawn[order[:rows]])
 
 
 def make_budget(space: SearchSpace, cfg: SearchConfig, head_dim: int, context: int) -> Budget:
@@ -147,18 +97,9 @@ def make_budget(space: SearchSpace, cfg: SearchConfig, head_dim: int, context: i
     return Budget.from_sparsity(model, cfg.target_sparsity, cfg.tolerance)
 
 
-def baseline_calibration(store: SupernetStore, calib: CalibrationConfig, samples: int, model, tokenizer) -> torch.Tensor:
-    """Tokens that OWL/FLAP score activations on: the supernet's own calibration tokens when it
-    keeps them, else ``samples`` sequences drawn from the run's calibration source."""
-    tokens = store.calibration()
-    if tokens is None:
-        return calibration_tokens(dataclasses.replace(calib, samples=samples), model, tokenizer)
-    return tokens[:samples]
-
-
 def baseline_genomes(
     names: tuple[str, ...], model, space: SearchSpace, budget: Budget, target: float, tokens: torch.Tensor | None,
-    *, seed: int, batch_size: int,
+    *, seed: int, batch_size: int, knapsack: KnapsackConfig = KnapsackConfig(),
 ) -> dict[str, Genome]:
     """One-shot allocations on ``space`` under ``budget``; ``model`` must be dense. OWL and FLAP
     share one calibration pass over ``tokens``; the knapsack allocation is a provider that the
@@ -178,7 +119,7 @@ def baseline_genomes(
         elif name == "flap":
             out[name] = flap_genome(model, space, budget, moments, rng)[0]
         elif name == "knapsack":
-            out[name] = KnapsackStart(stage=0)
+            out[name] = KnapsackStart.of(knapsack)
         else:
             raise SparsearchError(f"unknown one-shot allocation {name!r}")
     return out
@@ -228,12 +169,15 @@ class TyrRounds:
 
 
 def run_settings(cfg: SearchConfig, fitness: FitnessConfig, store: SupernetStore, tokens: torch.Tensor,
-                 train: TrainConfig | None = None, train_tokens: torch.Tensor | None = None) -> dict[str, Any]:
+                 train: TrainConfig | None = None, train_tokens: torch.Tensor | None = None,
+                 validation_tokens: torch.Tensor | None = None) -> dict[str, Any]:
     """What a resumed run must share with the original: everything that changes a score or the
     budget (with training-aware stages, the training settings and tokens too)."""
     out = {"target_sparsity": cfg.target_sparsity, "cost": cfg.cost, "tolerance": cfg.tolerance,
            "schedule": [list(dataclasses.astuple(s)) for s in fitness.token_schedule.stages], "topk": fitness.topk,
-           "supernet": store.fingerprint, "fitness_tokens": tokens_fingerprint(tokens)}
+           "supernet": store.fingerprint, "fitness_tokens": tokens_fingerprint(tokens),
+           "validation_tokens": tokens_fingerprint(validation_tokens) if validation_tokens is not None else None,
+           "patience": cfg.patience}
     if train_tokens is not None:
         out["training"] = {**as_dict(train or TrainConfig()), "tokens": tokens_fingerprint(train_tokens)}
     return out
@@ -254,23 +198,25 @@ def search(
     budget_of = lambda sp: make_budget(sp, cfg, shape["head_dim"], calib.seqlen)  # noqa: E731
     budget = budget_of(space)
     budget.require_feasible()  # before anything is written or scored
-    tokens = fitness_tokens(calib, fitness, model, tokenizer, run_dir)
-    train_tokens = training_tokens(calib, fitness, model, tokenizer, run_dir, tokens)
-    factory = FitnessFactory(model, model_spec=model_spec or store.manifest["model"]["name"], tokens=tokens,
-                             tokens_path=run_dir / FITNESS_TOKENS, fitness=fitness, cluster=cluster, seed=cfg.seed,
+    plan = run_tokens.TokenPlan.of(calib, fitness)
+    drawn = {split: run_tokens.run_tokens(run_dir, calib, plan, split, model, tokenizer, resume=resume,
+                                          progress=progress) for split in run_tokens.FILES}
+    tokens, train_tokens, validation_tokens = drawn["fitness"], drawn["training"], drawn["validation"]
+    factory = FitnessFactory(model, model_spec=model_spec or store.manifest["model"]["name"], run_dir=run_dir,
+                             tokens=tokens, fitness=fitness, cluster=cluster, seed=cfg.seed,
                              trust_remote_code=trust_remote_code, train=train, train_tokens=train_tokens,
-                             train_tokens_path=run_dir / TRAIN_TOKENS)
+                             validation_tokens=validation_tokens)
 
     names = start_names(cfg)
     baseline_tokens = None
     if set(names) & {"owl", "flap"}:
         log(f"baselines: scoring {', '.join(n for n in names if n in ('owl', 'flap'))} on {cfg.baseline_samples} "
             "calibration sequences")
-        baseline_tokens = baseline_calibration(store, calib, cfg.baseline_samples, model, tokenizer)
+        baseline_tokens = run_tokens.baseline_tokens(store.calibration(), calib, cfg.baseline_samples, model, tokenizer)
+    knapsack = cfg.engine_config if cfg.engine == "knapsack" else cfg.init_config
     starts = baseline_genomes(names, model, space, budget, cfg.target_sparsity, baseline_tokens,
-                              seed=cfg.seed, batch_size=fitness.batch_size)
-    if cfg.engine == "knapsack":
-        starts["knapsack"] = KnapsackStart(cfg.engine_config.stage)
+                              seed=cfg.seed, batch_size=fitness.batch_size,
+                              knapsack=knapsack if isinstance(knapsack, KnapsackConfig) else KnapsackConfig())
 
     fit = factory.open(store)
     rounds = None
@@ -281,8 +227,9 @@ def search(
             rounds = TyrRounds(model, store, supernet_cfg, factory, fit, run_dir, progress=progress, log=log)
             extra = {"rebuild": rounds, "make_budget": budget_of}
         engine = engine_cls(space, budget, fit, cfg.engine_config, run_dir=str(run_dir), seed=cfg.seed, log=log,
-                            starts=starts, **extra)
-        result = engine.run(resume=resume, settings=run_settings(cfg, fitness, store, tokens, train, train_tokens))
+                            starts=starts, patience=cfg.patience, **extra)
+        result = engine.run(resume=resume, settings=run_settings(cfg, fitness, store, tokens, train, train_tokens,
+                                                                 validation_tokens))
         baselines = {n: {"genome": list(g), "kl": result.start_scores[n], "sparsity": space.sparsity(g)}
                      for n, g in engine.starts.items()}
         if rounds is not None:
@@ -305,4 +252,5 @@ def search(
         result=result, space=space, budget=budget, store=store, uniform_genome=uniform, uniform_fitness=uniform_score,
         baselines=baselines, schedule=[dataclasses.asdict(s) for s in schedule.stages], nodes=nodes,
         params_total=sum(p.numel() for p in model.parameters()), stitcher=stitcher,
+        validation_tokens=0 if validation_tokens is None else validation_tokens.numel(),
     )

@@ -27,14 +27,18 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sparsearch.fitness.schedule import TokenSchedule
+from sparsearch.search.fitness import VALIDATION
 from sparsearch.search.registry import ENGINES
 from sparsearch.search.space import Level, SearchSpace, Unit
 from sparsearch.supernet.adapters import DecoderShape
 from sparsearch.supernet.config import SupernetConfig
 from sparsearch.supernet.variants import attention_params, attention_states, level_heads, mlp_kept_channels, mlp_params
+
+if TYPE_CHECKING:
+    from sparsearch.launch.config import SearchConfig
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # Python, torch, transformers and its model code, resident before any weight is read (measured on
@@ -241,20 +245,37 @@ def evaluation_plan(shape: ModelShape, space: SearchSpace, target: float, schedu
     return out
 
 
-def search_plan(engine: str, engine_config: Any, schedule: TokenSchedule, space: SearchSpace, starts: int) -> dict:
-    """Evaluations and forward tokens of a search (``starts`` one-shot starts scored first)."""
+def search_plan(search: "SearchConfig", schedule: TokenSchedule, space: SearchSpace, validation_rows: int,
+                seqlen: int) -> dict:
+    """Evaluations and forward tokens of a search: the engine's own (``Engine.planned_evaluations``),
+    its starts' (each scored on the final stage; a start that probes, the knapsack, its probes too),
+    and with a validation split of ``validation_rows`` sequences its candidates' (``Engine.planned_steps``
+    step bests, the starts, the uniform genome and the final best)."""
+    from sparsearch.launch.pipeline import start_names
+
     survivors = [s.survivors for s in schedule.stages]
-    counts = ENGINES[engine][0].planned_evaluations(engine_config, survivors, space)
+    engine_cls = ENGINES[search.engine][0]
+    counts = engine_cls.planned_evaluations(search.engine_config, survivors, space)
     final = len(schedule) - 1
-    counts[final] = counts.get(final, 0) + starts
-    tokens = sum(n * (schedule.stages[s].tokens + schedule.stages[s].train_tokens) for s, n in counts.items())
-    return {"evaluations": sum(counts.values()), "evaluations_per_stage": {str(k): v for k, v in sorted(counts.items())},
-            "forward_tokens": tokens}
+    starts = start_names(search)
+    for name in starts:
+        if name == search.engine:
+            continue  # a one-shot engine's planned evaluations are its start's
+        start_cls, config = ENGINES[name][0], search.init_config if name == search.init else ENGINES[name][1]()
+        for stage, n in (start_cls.planned_evaluations(config, survivors, space) if start_cls.probes_fitness
+                         else {final: 1}).items():
+            counts[stage] = counts.get(stage, 0) + n
+    if validation_rows and engine_cls.chooses_on_validation and not engine_cls.one_shot:
+        counts[VALIDATION] = engine_cls.planned_steps(search.engine_config) + len(starts) + 2
+    tokens = sum(n * (validation_rows * seqlen if s == VALIDATION else schedule.stages[s].tokens
+                      + schedule.stages[s].train_tokens) for s, n in counts.items())
+    per_stage = {("validation" if k == VALIDATION else str(k)): v for k, v in sorted(counts.items())}
+    return {"evaluations": sum(counts.values()), "evaluations_per_stage": per_stage, "forward_tokens": tokens}
 
 
-def plan(shape: ModelShape, cfg: SupernetConfig, *, samples: int, seqlen: int, target: float,
-         schedule: TokenSchedule, engine: str, engine_config: Any, starts: int = 0, device: str = "cpu",
-         mapped_weights: bool = True, sample_batch: int | None = None) -> dict:
+def plan(shape: ModelShape, cfg: SupernetConfig, *, samples: int, seqlen: int, search: "SearchConfig",
+         schedule: TokenSchedule, validation_rows: int = 0, device: str = "cpu", mapped_weights: bool = True,
+         sample_batch: int | None = None) -> dict:
     """The whole plan; ``sample_batch``: the calibration is sampled from the model that many
     sequences at a time (``--calib-self``), which adds the ``sampling`` phase."""
     space = planned_space(shape, cfg)
@@ -265,6 +286,7 @@ def plan(shape: ModelShape, cfg: SupernetConfig, *, samples: int, seqlen: int, t
                      "disk_bytes": disk, "disk_mib": round(disk / MiB, 1)},
         **({"sampling": sampling_plan(shape, samples, seqlen, sample_batch, device)} if sample_batch else {}),
         "build": build_plan(shape, cfg, space, samples, seqlen, device, mapped_weights),
-        "evaluation": evaluation_plan(shape, space, target, schedule),
-        "search": {"engine": engine} | search_plan(engine, engine_config, schedule, space, starts),
+        "evaluation": evaluation_plan(shape, space, search.target_sparsity, schedule),
+        "search": {"engine": search.engine, "init": search.init}
+                  | search_plan(search, schedule, space, validation_rows, seqlen),
     }

@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sparsearch.search.atomic import atomic_write_json
+from sparsearch.base.atomic import atomic_write_json
 from sparsearch.search.runfiles import HISTORY
 
 if TYPE_CHECKING:
@@ -35,6 +35,9 @@ def build_summary(outcome: "SearchOutcome", *, model: str, engine: str, target_s
         "uniform": {"genome": list(outcome.uniform_genome), "sparsity": space.sparsity(outcome.uniform_genome),
                     "kl": outcome.uniform_fitness},
         "baselines": outcome.baselines,
+        "validation": None if result.validation is None else {
+            "metric": "mean top-k KL(dense || candidate) on the validation split, nats/token",
+            "tokens": outcome.validation_tokens, "dense": 0.0, **result.validation},
         "evaluations": result.evaluations,
         "per_layer": space.per_layer(g),
         "pareto": result.pareto,

@@ -20,6 +20,7 @@ class CachedFitness:
         self.files = files
         self.space = space
         self.survivors = tuple(fitness.survivors)
+        self.validates = bool(getattr(fitness, "validates", False))
         self.cache: dict[tuple[Genome, int, int], float] = {
             (tuple(r["genome"]), r["stage"], r.get("sample", 0)): r["score"]
             for r in files.evaluations() if r.get("space", "") == space

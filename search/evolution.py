@@ -21,7 +21,7 @@ from typing import Any
 
 from sparsearch.search.budget import Budget
 from sparsearch.search.cache import CachedFitness
-from sparsearch.search.config import require, require_choice, setting
+from sparsearch.base.settings import require, require_choice, setting
 from sparsearch.search.engine import Engine
 from sparsearch.search.mutation import FLIP_DISTRIBUTIONS, level_switch
 from sparsearch.search.space import Genome
@@ -120,6 +120,10 @@ class EvolutionEngine(Engine):
 
     def best(self) -> tuple[Genome, float]:
         return self.parent, self.parent_score
+
+    @classmethod
+    def planned_steps(cls, config) -> int:
+        return config.generations
 
     @classmethod
     def planned_evaluations(cls, config: EvolutionConfig, survivors, space) -> dict[int, int]:

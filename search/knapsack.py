@@ -15,17 +15,27 @@ inputs they will not see. Interactions can also cancel (a pruned MLP can partly 
 attention block before it), which no sum captures. The allocation is exact for separable damage
 and a good start otherwise: ``--init knapsack`` starts evolution (or NSGA-II, TPE) from it, and
 they score whole genomes. The probes cost ``units x (levels - 1) + 1`` evaluations at the probe
-stage, independent of the budget.
+stage, independent of the budget; scored from the dense hidden states entering each unit
+(:mod:`sparsearch.fitness.prefix`), a probe runs only the layers from its unit on.
+
+**Rounds around the allocation** (``rounds``) take the compounding into account locally: every
+unit's levels within ``radius`` of the current allocation are scored with the rest of the network
+at that allocation (not dense), the knapsack is solved again on those context-dependent damages
+(levels beyond the radius excluded), and the new allocation replaces the old one only if it
+scores better on the probe stage; otherwise the radius is halved (a trust region), and the rounds
+end at radius 0, after ``rounds`` rounds, or when the allocation stops changing. Each accepted
+round's allocation is a start of its own (``knapsack-r1``, ...).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from sparsearch.search.budget import Budget
 from sparsearch.search.cache import CachedFitness
-from sparsearch.search.config import require, setting
-from sparsearch.search.errors import SparsearchError
+from sparsearch.base.settings import require, setting
+from sparsearch.base.errors import SparsearchError
 from sparsearch.search.mckp import choose
 from sparsearch.search.oneshot import OneShotEngine
 from sparsearch.search.space import Genome, SearchSpace
@@ -33,10 +43,20 @@ from sparsearch.search.space import Genome, SearchSpace
 
 @dataclass(frozen=True)
 class KnapsackConfig:
-    stage: int = setting(0, "fitness stage that scores each trial or individual")
+    probe_stage: int = setting(-1, "knapsack: fitness stage its probes are scored on (-1: the last)")
+    knapsack_rounds: int = setting(0, "knapsack: rounds of probes around the allocation, solved again on their "
+                                   "context-dependent damages")
+    knapsack_radius: int = setting(2, "knapsack: levels on either side of the allocation that a round probes")
 
     def __post_init__(self) -> None:
-        require(self.stage >= 0, "stage", self.stage, ">= 0")
+        require(self.probe_stage >= -1, "probe_stage", self.probe_stage, ">= -1 (the last stage)")
+        require(0 <= self.knapsack_rounds <= 100, "knapsack_rounds", self.knapsack_rounds, "within [0, 100]")
+        require(self.knapsack_radius >= 1, "knapsack_radius", self.knapsack_radius, ">= 1")
+
+
+def _stage(stage: int, stages: int) -> int:
+    """A probe stage index of a schedule of ``stages`` stages: -1 (and any beyond) is the last."""
+    return stages - 1 if stage < 0 else min(stage, stages - 1)
 
 
 def probes(space: SearchSpace) -> list[Genome]:
@@ -65,17 +85,66 @@ def solve(space: SearchSpace, budget: Budget, damage: list[list[float]]) -> Geno
     return tuple(picks)
 
 
+def probes_around(space: SearchSpace, genome: Genome, radius: int) -> list[Genome]:
+    """``genome`` with one unit at another level within ``radius`` of its own, unit by unit."""
+    out = []
+    for u, levels in enumerate(space.levels):
+        for level in range(max(0, genome[u] - radius), min(len(levels) - 1, genome[u] + radius) + 1):
+            if level != genome[u]:
+                g = list(genome)
+                g[u] = level
+                out.append(tuple(g))
+    return out
+
+
+def context_damages(space: SearchSpace, genome: Genome, around: list[Genome], base: float,
+                    scores: list[float]) -> list[list[float]]:
+    """Per unit and level, the score of ``genome`` with that unit at that level above ``base``
+    (``genome``'s own score); levels not among the probes ``around`` are excluded (infinite)."""
+    damage = [[math.inf] * len(levels) for levels in space.levels]
+    for u in range(len(space.levels)):
+        damage[u][genome[u]] = 0.0
+    for g, score in zip(around, scores):
+        u = next(i for i, (a, b) in enumerate(zip(g, genome)) if a != b)
+        damage[u][g[u]] = score - base
+    return damage
+
+
 @dataclass(frozen=True)
 class KnapsackStart:
     """A start computed by probing through the run's cached fitness (so a resumed run reuses the
-    probes): the knapsack allocation on fitness stage ``stage``."""
+    probes): the knapsack allocation on fitness stage ``stage`` (-1: the last), then up to ``rounds`` rounds around
+    it (see the module docstring). Returns the allocations by name: ``knapsack``, then each accepted
+    round's (``knapsack-r1``, ...)."""
 
-    stage: int = 0
+    stage: int = -1
+    rounds: int = 0
+    radius: int = 2
 
-    def __call__(self, space: SearchSpace, budget: Budget, fitness: CachedFitness) -> Genome:
-        stage = min(self.stage, len(fitness.survivors) - 1)
+    @classmethod
+    def of(cls, config: "KnapsackConfig") -> "KnapsackStart":
+        return cls(config.probe_stage, config.knapsack_rounds, config.knapsack_radius)
+
+    def __call__(self, space: SearchSpace, budget: Budget, fitness: CachedFitness) -> dict[str, Genome]:
+        stage = _stage(self.stage, len(fitness.survivors))
         scores = fitness.evaluate(probes(space), stage)
-        return solve(space, budget, damages(space, scores))
+        genome = solve(space, budget, damages(space, scores))
+        out = {"knapsack": genome}
+        radius, score = self.radius, None
+        for r in range(1, self.rounds + 1):
+            around = probes_around(space, genome, radius)
+            score, *rest = fitness.evaluate([genome, *around], stage)
+            new = solve(space, budget, context_damages(space, genome, around, score, rest))
+            if new == genome:
+                break
+            if fitness.evaluate([new], stage)[0] < score:
+                genome = new
+                out[f"knapsack-r{r}"] = genome
+            else:
+                radius //= 2
+                if not radius:
+                    break
+        return out
 
 
 class KnapsackAllocation(OneShotEngine):
@@ -86,12 +155,14 @@ class KnapsackAllocation(OneShotEngine):
     config: KnapsackConfig
 
     def __init__(self, space, budget, fitness, config: KnapsackConfig, *, starts=None, **kwargs):
-        super().__init__(space, budget, fitness, config, starts=starts or {"knapsack": KnapsackStart(config.stage)},
+        super().__init__(space, budget, fitness, config,
+                         starts=starts or {"knapsack": KnapsackStart.of(config)},
                          **kwargs)
 
     @classmethod
     def planned_evaluations(cls, config: KnapsackConfig, survivors, space) -> dict[int, int]:
-        stage, final = min(config.stage, len(survivors) - 1), len(survivors) - 1
-        counts = {stage: len(probes(space))}
-        counts[final] = counts.get(final, 0) + 1
+        stage, final = _stage(config.probe_stage, len(survivors)), len(survivors) - 1
+        per_round = sum(min(2 * config.knapsack_radius, len(levels) - 1) for levels in space.levels) + 2
+        counts = {stage: len(probes(space)) + config.knapsack_rounds * per_round}
+        counts[final] = counts.get(final, 0) + 1 + config.knapsack_rounds
         return counts

@@ -11,12 +11,15 @@ import numpy as np
 
 def choose(values: list[list[float]], costs: list[list[float]], low: float, high: float) -> list[int] | None:
     """The multiple-choice knapsack: one option per group, the sum of ``values`` minimal, the sum
-    of ``costs`` within ``[low, high]`` (exact, ``scipy.optimize.milp``); ``None`` if infeasible."""
+    of ``costs`` within ``[low, high]`` (exact, ``scipy.optimize.milp``); ``None`` if infeasible.
+    An option of infinite value is never chosen."""
     from scipy.optimize import Bounds, LinearConstraint, milp
 
     sizes = [len(v) for v in values]
     n = sum(sizes)
     objective = np.concatenate([np.asarray(v, dtype=float) for v in values])
+    allowed = np.isfinite(objective)
+    objective = np.where(allowed, objective, 0.0)
     cost = np.concatenate([np.asarray(c, dtype=float) for c in costs])
     one_each = np.zeros((len(sizes), n))
     start = 0
@@ -24,7 +27,7 @@ def choose(values: list[list[float]], costs: list[list[float]], low: float, high
         one_each[g, start : start + size] = 1.0
         start += size
     scale = max(float(np.abs(cost).max()), 1.0)  # costs of order 1 for the solver's tolerances
-    res = milp(objective, integrality=np.ones(n), bounds=Bounds(0, 1),
+    res = milp(objective, integrality=np.ones(n), bounds=Bounds(0, allowed.astype(float)),
                constraints=[LinearConstraint(one_each, 1, 1), LinearConstraint(cost / scale, low / scale, high / scale)],
                options={"mip_rel_gap": 0.0})
     if res.x is None:

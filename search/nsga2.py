@@ -34,7 +34,7 @@ from typing import Any, Iterator, Sequence
 from deap import base, tools
 
 from sparsearch.search.budget import Budget
-from sparsearch.search.config import require, setting
+from sparsearch.base.settings import require, setting
 from sparsearch.search.engine import Engine
 from sparsearch.search.mckp import choose
 from sparsearch.search.space import Genome
@@ -111,6 +111,7 @@ class NSGA2Config:
 class NSGA2Engine(Engine):
     name = "nsga2"
     config: NSGA2Config
+    patience_counts_steps = False  # its steps build a front block by block: a step's best is not the run's
     below = 8  # genomes of the impairment ranking scored below the limit (divide and conquer)
 
     # -- setup -------------------------------------------------------------------------------
@@ -278,6 +279,10 @@ class NSGA2Engine(Engine):
 
     def pareto(self) -> list[dict[str, Any]]:
         return self.result["front"] if self.result else []
+
+    @classmethod
+    def planned_steps(cls, config: NSGA2Config) -> int:
+        return max(1, config.blocks) * config.generations + 1  # every block's generations, and the join
 
     @classmethod
     def planned_evaluations(cls, config: NSGA2Config, survivors, space) -> dict[int, int]:

@@ -87,9 +87,9 @@ from optuna.samplers._tpe.probability_distributions import _BatchedTruncNormDist
 from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
-from sparsearch.search.config import require, require_choice, setting
+from sparsearch.base.settings import require, require_choice, setting
 from sparsearch.search.engine import Engine
-from sparsearch.search.errors import ConfigError, SparsearchError, first_line
+from sparsearch.base.errors import ConfigError, SparsearchError, first_line
 from sparsearch.search.preference import genome_of_preferences, preferences_of
 from sparsearch.search.space import Genome
 
@@ -243,6 +243,7 @@ def _heal_journal(path: Path) -> None:
 class TPEEngine(Engine):
     name = "tpe"
     config: TPEConfig
+    patience_counts_steps = False  # a step is one trial: a validation patience in trials would stop it at once
 
     def _storage(self):
         if self.config.storage:
@@ -384,6 +385,10 @@ class TPEEngine(Engine):
             i = min(range(len(genomes)), key=lambda k: (scores[k], k))
             self.best_seen = (list(genomes[i]), scores[i])
             self.log(f"tpe: {len(genomes)} finalists scored on stage {final}; best {scores[i]:.5f}")
+
+    @classmethod
+    def planned_steps(cls, config) -> int:
+        return config.trials
 
     @classmethod
     def planned_evaluations(cls, config: TPEConfig, survivors, space) -> dict[int, int]:

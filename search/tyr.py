@@ -16,7 +16,7 @@ from typing import Any, Callable
 from sparsearch.search.budget import Budget
 from sparsearch.search.cache import CachedFitness
 from sparsearch.search.fitness import Fitness
-from sparsearch.search.config import require, setting
+from sparsearch.base.settings import require, setting
 from sparsearch.search.engine import Engine
 from sparsearch.search.evolution import EvolutionConfig, EvolutionEngine, evolve_generation
 from sparsearch.search.space import Genome, Ladder, SearchSpace
@@ -58,6 +58,7 @@ class TyrEngine(Engine):
 
     name = "tyr"
     config: TyrConfig
+    chooses_on_validation = False  # its rounds' genomes index different supernets
 
     def __init__(self, space, budget, fitness, config, *, rebuild: Rebuild,
                  make_budget: Callable[[SearchSpace], Budget], **kwargs):

@@ -289,7 +289,7 @@ def test_config_errors_name_the_setting_and_the_value(capsys, tmp_path):
 
 
 def test_interrupted_supernet_build_resumes_with_its_stored_calibration(capsys, tmp_path, model_dir, monkeypatch):
-    from sparsearch.launch import pipeline
+    from sparsearch.launch import tokens as run_tokens
     from sparsearch.supernet.store import SupernetStore
 
     m = str(model_dir / "model")
@@ -308,8 +308,8 @@ def test_interrupted_supernet_build_resumes_with_its_stored_calibration(capsys, 
     assert main(args) == 130
     monkeypatch.setattr(SupernetStore, "write_unit", original)
     sampled = []
-    real = pipeline.calibration_tokens
-    monkeypatch.setattr(pipeline, "calibration_tokens", lambda *a, **k: sampled.append(1) or real(*a, **k))
+    real = run_tokens.draw
+    monkeypatch.setattr(run_tokens, "draw", lambda *a, **k: sampled.append(1) or real(*a, **k))
     assert main(args) == 0
     assert sampled == []  # the self-generated calibration was not sampled again
     assert SupernetStore.open(tmp_path / "sn").manifest["complete"]

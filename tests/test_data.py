@@ -8,7 +8,7 @@ from conftest import TEXT, tiny_model, tiny_tokenizer
 from sparsearch.fitness.data import CalibrationConfig, calibration_tokens, sample_from_model, tokenize_text, windows
 from sparsearch.fitness.metrics import eval_windows, kl_per_token, perplexity
 from sparsearch.fitness.teacher import TeacherCache
-from sparsearch.search.errors import SparsearchError
+from sparsearch.base.errors import SparsearchError
 
 
 def test_windows_are_seeded_and_non_overlapping_when_text_suffices():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sparsearch.search.budget import Budget, CostModel
-from sparsearch.search.errors import ConfigError, SparsearchError
+from sparsearch.base.errors import ConfigError, SparsearchError
 from sparsearch.search.evolution import EvolutionConfig, EvolutionEngine
 from sparsearch.search.nsga2 import NSGA2Config, NSGA2Engine
 from sparsearch.search.tpe import TPEConfig, TPEEngine, good_set_size, kernel_widths

@@ -9,7 +9,7 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 from conftest import ARCHS, tiny_model, tiny_tokenizer
-from sparsearch.search.errors import SparsearchError
+from sparsearch.base.errors import SparsearchError
 from sparsearch.supernet import Stitcher, SupernetConfig, build_supernet
 from sparsearch.supernet.export import export
 
@@ -89,7 +89,7 @@ def test_export_refuses_a_non_empty_folder(candidate, tmp_path):
 
 def test_export_and_atomic_files_get_the_umask_modes_not_private_ones(candidate, tmp_path):
     """A server or a cluster node running as another user reads exports and run files."""
-    from sparsearch.search.atomic import atomic_write
+    from sparsearch.base.atomic import atomic_write
 
     _, _, stitched, _, _, _ = candidate
     old = os.umask(0o022)

@@ -148,3 +148,21 @@ def test_train_copy_lowers_training_loss():
     trained = train_copy(model, ids, 16 * 4 * 20, TrainConfig(lr=1e-3, batch_size=4))
     assert loss(trained) < before
     assert loss(model) == before
+
+
+def test_the_rest_mass_from_the_top_k_equals_the_masked_logsumexp():
+    """rest_log_mass takes log(1 - top-k mass) from the top-k values, and the exact masked pass where
+    the top-k mass is too close to 1 for float32: both regimes against a float64 reference."""
+    from sparsearch.fitness.teacher import rest_log_mass
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 50, 500, generator=g) * torch.tensor([1.0, 4.0, 30.0]).view(3, 1, 1)
+    index = logits.topk(20, -1).indices
+    norm = torch.logsumexp(logits, -1)
+    got = rest_log_mass(logits, index, logits.gather(-1, index) - norm.unsqueeze(-1), norm)
+    l64 = logits.double()
+    want = torch.logsumexp(l64.scatter(-1, index, float("-inf")), -1) - torch.logsumexp(l64, -1)
+    assert (logits[2].softmax(-1).gather(-1, index[2]).sum(-1) > 1 - 1e-3).any()  # the masked regime is hit
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+    full = torch.arange(500).expand(3, 50, 500)
+    assert torch.isneginf(rest_log_mass(logits, full, logits - norm.unsqueeze(-1), norm)).all()

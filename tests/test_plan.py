@@ -11,7 +11,7 @@ from sparsearch.search.budget import Budget, CostModel
 from sparsearch.search.registry import ENGINES
 from sparsearch.supernet import SupernetConfig, build_supernet
 from sparsearch.supernet.modules import output_cache
-from sparsearch.supernet.plan import ModelShape, disk_bytes, planned_space, sampling_plan
+from sparsearch.launch.plan import ModelShape, disk_bytes, planned_space, sampling_plan
 from synthetic import SyntheticFitness, synthetic_rebuild, synthetic_space
 
 
@@ -35,9 +35,17 @@ def test_plan_needs_only_a_config_json(tmp_path, capsys):
     model = tiny_model("llama", layers=4)
     model.config.save_pretrained(tmp_path / "cfg")  # no weights, no tokenizer
     assert sorted(p.name for p in (tmp_path / "cfg").iterdir()) == ["config.json"]
-    code = main(["plan", "--model", str(tmp_path / "cfg"), "--engine", "evolution", "--generations", "5",
-                 "--offspring", "4", "--schedule", "4:64,1:256", "--calib-samples", "16", "--calib-seqlen", "32"])
-    assert code == 0
+    args = ["plan", "--model", str(tmp_path / "cfg"), "--engine", "evolution", "--generations", "5",
+            "--offspring", "4", "--schedule", "4:64,1:256", "--calib-samples", "16", "--calib-seqlen", "32"]
+    assert main(args) == 0
+    default = json.loads(capsys.readouterr().out)["search"]
+    # the default start: the knapsack's 8 units x 8 levels + 1 probes on the last stage, the allocation
+    # scored there; on the validation split (4 x 256 tokens): 5 generations' bests, the start, the
+    # uniform genome and the final best
+    assert default["init"] == "knapsack"
+    assert default["evaluations_per_stage"] == {"0": 20, "1": 27 + 65 + 1, "validation": 5 + 1 + 2}
+    assert default["forward_tokens"] == 20 * 64 + 93 * 256 + 8 * 1024
+    assert main(args + ["--init", "uniform", "--validation", "0"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["supernet"]["units"] == 8 and out["supernet"]["disk_bytes"] > 0
     assert out["build"]["calibration_tokens"] == 16 * 32 and out["build"]["peak_memory_mib"] > out["build"]["memory"]["model_mib"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from kill_target import CONFIGS
-from sparsearch.search.errors import SparsearchError
+from sparsearch.base.errors import SparsearchError
 from sparsearch.search.runfiles import EVALUATIONS, RunFiles
 
 TARGET = Path(__file__).parent / "kill_target.py"

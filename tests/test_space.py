@@ -1,6 +1,6 @@
 import pytest
 
-from sparsearch.search.errors import SparsearchError
+from sparsearch.base.errors import SparsearchError
 from sparsearch.search.space import Ladder, Level, SearchSpace, Unit
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import ARCHS, tiny_model
-from sparsearch.search.errors import SparsearchError
+from sparsearch.base.errors import SparsearchError
 from sparsearch.search.space import Unit
 from sparsearch.supernet import Stitcher, SupernetConfig, SupernetStore, build_supernet
 from sparsearch.supernet.adapters import DecoderAdapter
