@@ -16,7 +16,6 @@ import os
 import resource
 import signal
 import sys
-from pathlib import Path
 
 
 def _read_only(root: str) -> None:
@@ -64,7 +63,6 @@ def main() -> int:
         resource.setrlimit(resource.RLIMIT_FSIZE, (int(arg), int(arg)))
     else:
         raise SystemExit(f"unknown fault {kind}")
-    sys.path.insert(0, str(Path(__file__).parent))
     from sparsearch.launch.cli import main as cli
 
     return cli(args)

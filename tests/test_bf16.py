@@ -5,6 +5,7 @@ import torch
 
 from sparsearch.supernet.accumulation import advance
 from sparsearch.supernet.variants import Variant, expectation_weights
+from tests.helpers.tiny import llm_like
 
 BF16 = torch.bfloat16
 
@@ -48,19 +49,6 @@ def test_error_accumulation_rounds_to_bf16_once():
     assert ((got.float() - ref).abs() <= one_rounding).all()
 
 
-def _llm_like(dtype, layers=2, **kw):
-    """A tiny Llama with weights at an LLM's scale (std 0.02), where bf16 resolves about 1e-4."""
-    from conftest import tiny_model
-
-    model = tiny_model("llama", layers=layers, **kw)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
-    return model.to(dtype)
-
-
 def test_bf16_training_moves_the_weights_and_lowers_the_loss_as_float32_does():
     """AdamW at lr 1e-5 on bf16 weights directly rounds most updates away (15% of the weights
     moved, a seventh of float32's loss fall); with float32 master weights bf16 training follows
@@ -77,7 +65,7 @@ def test_bf16_training_moves_the_weights_and_lowers_the_loss_as_float32_does():
 
     falls, moved = {}, {}
     for dtype in (torch.float32, BF16):
-        model = _llm_like(dtype)
+        model = llm_like(dtype)
         before = {k: v.clone() for k, v in model.named_parameters()}
         trained = train_copy(model, ids, 50 * 4 * 32, TrainConfig(lr=1e-5, batch_size=4))  # 50 steps
         after = dict(trained.named_parameters())
@@ -92,19 +80,18 @@ def test_bf16_training_moves_the_weights_and_lowers_the_loss_as_float32_does():
 
 _MEMORY_SCRIPT = r"""
 import json, sys, torch
-sys.path.insert(0, sys.argv[1])
-from test_bf16 import _llm_like
+from tests.helpers.tiny import llm_like
 from sparsearch.fitness.evaluator import Evaluator
 from sparsearch.fitness.schedule import TokenSchedule
 from sparsearch.fitness.training import TrainConfig
 from sparsearch.supernet import SupernetConfig, build_supernet
 from sparsearch.supernet.memory import PeakMemory
 torch.set_num_threads(1)
-model = _llm_like(torch.bfloat16, layers=4, vocab_size=4096, hidden_size=512, intermediate_size=2048,
-                  num_attention_heads=8, num_key_value_heads=4, head_dim=64)
+model = llm_like(torch.bfloat16, layers=4, vocab_size=4096, hidden_size=512, intermediate_size=2048,
+                 num_attention_heads=8, num_key_value_heads=4, head_dim=64)
 g = torch.Generator().manual_seed(0)
 calib, fit = torch.randint(0, 4096, (4, 32), generator=g), torch.randint(0, 4096, (4, 32), generator=g)
-store = build_supernet(model, calib, sys.argv[2], SupernetConfig(attn_ladder="0,0.5,1", mlp_ladder="0,0.5,1",
+store = build_supernet(model, calib, sys.argv[1], SupernetConfig(attn_ladder="0,0.5,1", mlp_ladder="0,0.5,1",
                        criterion="magnitude", error_accumulation=False, batch_size=4), progress=False)
 ev = Evaluator(model, store, fit, TokenSchedule.of([(1, 64, 4 * 32 * 3)]), train=TrainConfig(batch_size=2),
                train_tokens=fit, topk=16, batch_size=2)
@@ -134,8 +121,9 @@ def test_a_training_evaluation_holds_one_candidate_and_its_optimizer(tmp_path):
 
     if not Path("/proc/self/clear_refs").exists():
         pytest.skip("needs Linux's per-process peak-RSS reset")
-    r = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, str(Path(__file__).parent), str(tmp_path / "sn")],
-                       capture_output=True, text=True, timeout=600, env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
+    root = Path(__file__).resolve().parents[1]  # the script imports tests.helpers from here
+    r = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, str(tmp_path / "sn")], cwd=root, capture_output=True,
+                       text=True, timeout=600, env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
     assert r.returncode == 0, r.stderr
     m = json.loads(r.stdout.strip().splitlines()[-1])
     assert m["extra"] <= 1.3 * (m["candidate"] + m["grads"] + m["optimizer"]), m
@@ -148,7 +136,7 @@ def test_the_training_copy_omits_the_hidden_dense_blocks(tmp_path):
     from sparsearch.supernet import SupernetConfig, build_supernet
     from sparsearch.supernet.stitch import Stitcher
 
-    model = _llm_like(BF16, layers=2)
+    model = llm_like(BF16, layers=2)
     g = torch.Generator().manual_seed(0)
     vocab = model.config.vocab_size
     calib, ids = torch.randint(0, vocab, (4, 16), generator=g), torch.randint(0, vocab, (2, 16), generator=g)

@@ -34,7 +34,7 @@ def test_unsupported_architecture_from_folder(capsys, tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=300)).save_pretrained(tmp_path / "gpt2")
-    from conftest import tiny_tokenizer
+    from tests.helpers.tiny import tiny_tokenizer
 
     tiny_tokenizer().save_pretrained(tmp_path / "gpt2")
     capsys.readouterr()
@@ -115,7 +115,7 @@ def test_supernet_eval_and_run_on_tiny_model(capsys, tmp_path, model_dir):
 
 
 def test_mismatched_supernet_is_refused(capsys, tmp_path, model_dir):
-    from conftest import tiny_model, tiny_tokenizer
+    from tests.helpers.tiny import tiny_model, tiny_tokenizer
 
     m, text = str(model_dir / "model"), str(model_dir / "text.txt")
     sn = tmp_path / "sn"

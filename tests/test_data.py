@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from conftest import TEXT, tiny_model, tiny_tokenizer
+from tests.helpers.tiny import TEXT, tiny_model, tiny_tokenizer
 from sparsearch.fitness.data import CalibrationConfig, calibration_tokens, sample_from_model, tokenize_text, windows
 from sparsearch.fitness.metrics import eval_windows, kl_per_token, perplexity
 from sparsearch.fitness.teacher import TeacherCache

@@ -8,7 +8,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
-from conftest import ARCHS, tiny_model, tiny_tokenizer
+from tests.helpers.tiny import ARCHS, tiny_model, tiny_tokenizer
 from sparsearch.base.errors import SparsearchError
 from sparsearch.supernet import Stitcher, SupernetConfig, build_supernet
 from sparsearch.supernet.export import export
@@ -192,7 +192,7 @@ def test_cached_decoding_and_self_generation_use_no_deprecated_cache_name(candid
     """transformers 5.24 renamed the KV cache of model outputs to ``cache`` and logs that
     ``past_key_values`` is deprecated; the exported model and self-generated calibration use the
     installed release's name, so neither logs it."""
-    from conftest import tiny_tokenizer
+    from tests.helpers.tiny import tiny_tokenizer
     from sparsearch.fitness.data import sample_from_model
 
     _, _, _, loaded, _, tokens = candidate

@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import tiny_model
+from tests.helpers.tiny import tiny_model
 from sparsearch.fitness.evaluator import Evaluator
 from sparsearch.fitness.metrics import kl_per_token
 from sparsearch.fitness.schedule import PRESETS, Stage, TokenSchedule

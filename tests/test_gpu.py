@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from conftest import tiny_model
+from tests.helpers.tiny import tiny_model
 from sparsearch.fitness.evaluator import Evaluator
 from sparsearch.fitness.schedule import TokenSchedule
 from sparsearch.search.space import Unit

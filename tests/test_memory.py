@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_model
+from tests.helpers.tiny import tiny_model
 from sparsearch.supernet import SupernetConfig, build_supernet
 from sparsearch.supernet.memory import release_file_pages
 

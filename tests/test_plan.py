@@ -5,14 +5,14 @@ import json
 import pytest
 import torch
 
-from conftest import ARCHS, tiny_model
+from tests.helpers.tiny import ARCHS, tiny_model
 from sparsearch.launch.cli import main
 from sparsearch.search.budget import Budget, CostModel
 from sparsearch.search.registry import ENGINES
 from sparsearch.supernet import SupernetConfig, build_supernet
 from sparsearch.supernet.modules import output_cache
 from sparsearch.launch.plan import ModelShape, disk_bytes, planned_space, sampling_plan
-from synthetic import SyntheticFitness, synthetic_rebuild, synthetic_space
+from tests.helpers.synthetic import SyntheticFitness, synthetic_rebuild, synthetic_space
 
 
 @pytest.mark.parametrize("arch", ARCHS)

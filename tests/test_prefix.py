@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from conftest import ARCHS, tiny_model
+from tests.helpers.tiny import ARCHS, tiny_model
 from sparsearch.fitness.evaluator import Evaluator
 from sparsearch.fitness.prefix import choose_base, first_difference
 from sparsearch.fitness.schedule import TokenSchedule

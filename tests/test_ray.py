@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 ray = pytest.importorskip("ray")
 
-from conftest import tiny_model, tiny_tokenizer  # noqa: E402
+from tests.helpers.tiny import tiny_model, tiny_tokenizer  # noqa: E402
 from sparsearch.fitness.pool import EvaluatorSpec, InProcessPool, RayPool  # noqa: E402
 from sparsearch.search.budget import Budget, CostModel  # noqa: E402
 from sparsearch.search.evolution import EvolutionConfig, EvolutionEngine  # noqa: E402

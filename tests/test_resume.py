@@ -1,5 +1,6 @@
-"""Exact resume: real SIGKILLs at random points of every engine's run, torn log lines, and runs
-resumed under other settings."""
+"""Exact resume: real SIGKILLs at random points of every engine's run, each search in its own
+process (``tests.helpers.kill_target``). Torn log lines and runs resumed under other settings are
+unit tests (tests/unit/test_runfiles.py)."""
 
 import json
 import random
@@ -11,19 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from kill_target import CONFIGS
-from sparsearch.base.errors import SparsearchError
-from sparsearch.search.runfiles import EVALUATIONS, RunFiles
+from tests.helpers.kill_target import CONFIGS
 
-TARGET = Path(__file__).parent / "kill_target.py"
+ROOT = Path(__file__).resolve().parents[1]  # `python -m tests.helpers.kill_target` runs from here
 EVENTS = ["evaluate", "append", "atomic", "checkpoint"]
 KILLS = 20  # per engine
 
 
 def _run(engine: str, run_dir: Path, *, resume: bool, kill: str | None = None, delay: float | None = None):
-    args = [sys.executable, str(TARGET), engine, str(run_dir)] + (["--resume"] if resume else [])
+    args = [sys.executable, "-m", "tests.helpers.kill_target", engine, str(run_dir)] + (["--resume"] if resume else [])
     args += ["--kill", kill] if kill else []
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     if delay is not None:
         try:
             proc.wait(timeout=delay)
@@ -74,38 +73,3 @@ def test_sigkill_at_random_points_resumes_to_the_uninterrupted_run(engine, tmp_p
         result.pop("events")
         assert result == reference, (engine, killed[-5:])
     assert {k.split(":")[0] for k in killed if k != "timed"} == set(events)  # every kind of point was hit
-
-
-def test_a_torn_line_hides_nothing_after_it(tmp_path):
-    files = RunFiles(tmp_path)
-    for i in range(5):
-        files.append_evaluation((i, 0), 0, float(i))
-    path = tmp_path / EVALUATIONS
-    data = path.read_bytes()
-    lines = data.splitlines(keepends=True)
-    path.write_bytes(b"".join(lines[:2]) + lines[2][:10] + b"\n" + b"".join(lines[3:]) + lines[0][:7])  # torn twice
-    assert [r["genome"] for r in RunFiles(tmp_path).evaluations()] == [[0, 0], [1, 0], [3, 0], [4, 0]]
-    files = RunFiles(tmp_path)
-    files.append_evaluation((9, 9), 0, 9.0)  # after a torn last line: a line of its own
-    assert [r["genome"] for r in RunFiles(tmp_path).evaluations()][-1] == [9, 9]
-    assert files.evaluation_count() == 5
-
-
-@pytest.mark.parametrize("changed", ["target_sparsity", "schedule"])
-def test_resume_under_other_settings_is_refused_naming_the_setting(changed, tmp_path):
-    from sparsearch.search.budget import Budget, CostModel
-    from sparsearch.search.evolution import EvolutionConfig, EvolutionEngine
-    from synthetic import SyntheticFitness, synthetic_space
-
-    space = synthetic_space()
-    settings = {"target_sparsity": 0.5, "schedule": [[4, 64], [1, 128]]}
-
-    def engine():
-        return EvolutionEngine(space, Budget.from_sparsity(CostModel.params(space), 0.5, 0.02), SyntheticFitness(space),
-                               EvolutionConfig(generations=2, offspring=3), run_dir=str(tmp_path), log=None)
-
-    engine().run(settings=settings)
-    other = dict(settings, **{changed: 0.25 if changed == "target_sparsity" else [[2, 64], [1, 256]]})
-    with pytest.raises(SparsearchError, match=f"cannot resume: {changed} was"):
-        engine().run(resume=True, settings=other)
-    assert engine().run(resume=True, settings=settings).evaluations > 0  # the original settings resume

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import ARCHS, tiny_model
+from tests.helpers.tiny import ARCHS, tiny_model
 from sparsearch.base.errors import SparsearchError
 from sparsearch.search.space import Unit
 from sparsearch.supernet import Stitcher, SupernetConfig, SupernetStore, build_supernet

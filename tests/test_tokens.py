@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from conftest import TEXT, tiny_tokenizer
+from tests.helpers.tiny import TEXT, tiny_tokenizer
 from sparsearch.base.errors import SparsearchError
 from sparsearch.fitness.config import FitnessConfig
 from sparsearch.fitness.data import CalibrationConfig, read_source_ids

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_model
+from tests.helpers.tiny import tiny_model
 from sparsearch.supernet.build import build_supernet
 from sparsearch.supernet.config import SupernetConfig
 from sparsearch.supernet.export import export

@@ -9,7 +9,7 @@ from sparsearch.search.budget import Budget, CostModel
 from sparsearch.search.knapsack import (KnapsackAllocation, KnapsackConfig, context_damages, damages, probes,
                                       probes_around, solve)
 from sparsearch.search.space import Level, SearchSpace, Unit
-from synthetic import SyntheticFitness, synthetic_space
+from tests.helpers.synthetic import SyntheticFitness, synthetic_space
 
 
 def _space(costs):

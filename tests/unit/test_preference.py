@@ -7,7 +7,7 @@ import pytest
 from sparsearch.search.budget import Budget, CostModel
 from sparsearch.search.preference import genome_of_preferences, preferences_of
 from sparsearch.search.space import Level, SearchSpace, Unit
-from synthetic import synthetic_space
+from tests.helpers.synthetic import synthetic_space
 
 
 def _two_units():

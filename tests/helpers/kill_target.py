@@ -1,6 +1,6 @@
 """A search on the synthetic fitness in its own process, for kill-and-resume tests.
 
-    python kill_target.py ENGINE RUN_DIR [--resume] [--kill EVENT:N]
+    python -m tests.helpers.kill_target ENGINE RUN_DIR [--resume] [--kill EVENT:N]   # from the repository root
 
 Prints the result as JSON. ``--kill EVENT:N`` makes the process SIGKILL itself at the N-th
 occurrence of EVENT: ``evaluate`` (inside an evaluation), ``append`` (half-way through writing a
@@ -16,18 +16,13 @@ import argparse
 import json
 import os
 import signal
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from synthetic import SyntheticFitness, synthetic_rebuild, synthetic_space  # noqa: E402
-
-from sparsearch.base import atomic  # noqa: E402
-from sparsearch.search import runfiles  # noqa: E402
-from sparsearch.search.budget import Budget, CostModel  # noqa: E402
-from sparsearch.search.registry import ENGINES  # noqa: E402
+from sparsearch.base import atomic
+from sparsearch.search import runfiles
+from sparsearch.search.budget import Budget, CostModel
+from sparsearch.search.registry import ENGINES
+from tests.helpers.synthetic import SyntheticFitness, synthetic_rebuild, synthetic_space
 
 CONFIGS = {
     "evolution": ("evolution", dict(generations=10, offspring=6)),

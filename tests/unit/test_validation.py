@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from synthetic import SyntheticFitness, synthetic_space
+from tests.helpers.synthetic import SyntheticFitness, synthetic_space
 from sparsearch.search.budget import Budget, CostModel
 from sparsearch.search.evolution import EvolutionConfig, EvolutionEngine
 from sparsearch.search.fitness import VALIDATION

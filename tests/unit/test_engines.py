@@ -12,7 +12,7 @@ from sparsearch.search.evolution import EvolutionConfig, EvolutionEngine
 from sparsearch.search.nsga2 import NSGA2Config, NSGA2Engine
 from sparsearch.search.tpe import TPEConfig, TPEEngine, good_set_size, kernel_widths
 from sparsearch.search.tyr import TyrConfig, TyrEngine, centred_ladder
-from synthetic import SyntheticFitness, synthetic_rebuild, synthetic_space
+from tests.helpers.synthetic import SyntheticFitness, synthetic_rebuild, synthetic_space
 
 ENGINES = {
     "evolution": (EvolutionEngine, EvolutionConfig(generations=12, offspring=8)),
