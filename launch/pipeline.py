@@ -18,6 +18,7 @@ from sparsearch.launch import tokens as run_tokens
 from sparsearch.launch.cluster import ClusterConfig
 from sparsearch.launch.config import SearchConfig
 from sparsearch.launch.evaluators import FitnessFactory, OpenFitness
+from sparsearch.launch.phases import PhaseClock, TimedFitness
 from sparsearch.search.budget import Budget, CostModel
 from sparsearch.base.settings import as_dict
 from sparsearch.search.engine import Result
@@ -71,9 +72,11 @@ def require_fits(model, *, seqlens: dict[str, int], supernet: SupernetConfig | N
 
 def ensure_supernet(
     model, tokenizer, out: Path, cfg: SupernetConfig, calib: CalibrationConfig, *, model_name: str,
-    progress: bool, log: Log,
+    progress: bool, log: Log, clock: PhaseClock | None = None,
 ) -> SupernetStore:
-    """Open the finished supernet at ``out``, or build (resume) it there."""
+    """Open the finished supernet at ``out``, or build (resume) it there (``clock``: phases
+    ``sampling`` and ``build``)."""
+    clock = clock or PhaseClock()
     if SupernetStore.is_complete(out):
         store = SupernetStore.open(out)
         store.require_settings(model_fingerprint(model), cfg.identity(),
@@ -86,10 +89,12 @@ def ensure_supernet(
     else:
         log(f"calibration: {calib.samples} x {calib.seqlen} tokens from {calib.source}"
             + (f" ({calib.location})" if calib.location else ""))
-        tokens = run_tokens.draw(calib, run_tokens.TokenPlan(calib.seqlen, calib.samples, 0), "calibration", model,
-                                 tokenizer, progress=progress)
-    return build_supernet(model, tokens, str(out), cfg, model_name=model_name, calibration=calib.describe(),
-                          progress=progress)
+        with clock("sampling"):
+            tokens = run_tokens.draw(calib, run_tokens.TokenPlan(calib.seqlen, calib.samples, 0), "calibration",
+                                     model, tokenizer, progress=progress)
+    with clock("build"):
+        return build_supernet(model, tokens, str(out), cfg, model_name=model_name, calibration=calib.describe(),
+                              progress=progress)
 
 
 def make_budget(space: SearchSpace, cfg: SearchConfig, head_dim: int, context: int) -> Budget:
@@ -99,7 +104,8 @@ def make_budget(space: SearchSpace, cfg: SearchConfig, head_dim: int, context: i
 
 def baseline_genomes(
     names: tuple[str, ...], model, space: SearchSpace, budget: Budget, target: float, tokens: torch.Tensor | None,
-    *, seed: int, batch_size: int, knapsack: KnapsackConfig = KnapsackConfig(),
+    *, seed: int, batch_size: int, knapsack: KnapsackConfig = KnapsackConfig(), progress: bool = False,
+    log: Log | None = None,
 ) -> dict[str, Genome]:
     """One-shot allocations on ``space`` under ``budget``; ``model`` must be dense. OWL and FLAP
     share one calibration pass over ``tokens``; the knapsack allocation is a provider that the
@@ -119,7 +125,7 @@ def baseline_genomes(
         elif name == "flap":
             out[name] = flap_genome(model, space, budget, moments, rng)[0]
         elif name == "knapsack":
-            out[name] = KnapsackStart.of(knapsack)
+            out[name] = KnapsackStart.of(knapsack, progress=progress, log=log)
         else:
             raise SparsearchError(f"unknown one-shot allocation {name!r}")
     return out
@@ -187,11 +193,14 @@ def search(
     model, tokenizer, store: SupernetStore, cfg: SearchConfig, *, fitness: FitnessConfig, calib: CalibrationConfig,
     supernet_cfg: SupernetConfig, run_dir: Path, resume: bool, log: Log, progress: bool,
     model_spec: str | None = None, cluster: ClusterConfig = ClusterConfig(), trust_remote_code: bool = False,
-    train: TrainConfig = TrainConfig(),
+    train: TrainConfig = TrainConfig(), clock: PhaseClock | None = None,
 ) -> SearchOutcome:
     """Search the budget allocation of ``store`` for ``model`` (dense on entry; stitched to the
     best genome on return). Fitness runs in process, or on Ray actors (``cluster``), each of
-    which loads ``model_spec`` itself. ``train``: how training-aware stages train a candidate."""
+    which loads ``model_spec`` itself. ``train``: how training-aware stages train a candidate.
+    ``clock`` gets the phases ``sampling`` (the run's tokens), ``teacher``, ``probes``, ``search``
+    and ``selection``."""
+    clock = clock or PhaseClock()
     schedule = fitness.token_schedule
     space = store.space()
     shape = store.manifest["model"]["shape"]
@@ -199,8 +208,9 @@ def search(
     budget = budget_of(space)
     budget.require_feasible()  # before anything is written or scored
     plan = run_tokens.TokenPlan.of(calib, fitness)
-    drawn = {split: run_tokens.run_tokens(run_dir, calib, plan, split, model, tokenizer, resume=resume,
-                                          progress=progress) for split in run_tokens.FILES}
+    with clock("sampling"):
+        drawn = {split: run_tokens.run_tokens(run_dir, calib, plan, split, model, tokenizer, resume=resume,
+                                              progress=progress) for split in run_tokens.FILES}
     tokens, train_tokens, validation_tokens = drawn["fitness"], drawn["training"], drawn["validation"]
     factory = FitnessFactory(model, model_spec=model_spec or store.manifest["model"]["name"], run_dir=run_dir,
                              tokens=tokens, fitness=fitness, cluster=cluster, seed=cfg.seed,
@@ -214,11 +224,15 @@ def search(
             "calibration sequences")
         baseline_tokens = run_tokens.baseline_tokens(store.calibration(), calib, cfg.baseline_samples, model, tokenizer)
     knapsack = cfg.engine_config if cfg.engine == "knapsack" else cfg.init_config
-    starts = baseline_genomes(names, model, space, budget, cfg.target_sparsity, baseline_tokens,
-                              seed=cfg.seed, batch_size=fitness.batch_size,
-                              knapsack=knapsack if isinstance(knapsack, KnapsackConfig) else KnapsackConfig())
+    with clock("baselines"):
+        starts = baseline_genomes(names, model, space, budget, cfg.target_sparsity, baseline_tokens,
+                                  seed=cfg.seed, batch_size=fitness.batch_size,
+                                  knapsack=knapsack if isinstance(knapsack, KnapsackConfig) else KnapsackConfig(),
+                                  progress=progress, log=log)
+    starts = {name: clock.timed(g, "probes") if callable(g) else g for name, g in starts.items()}
 
-    fit = factory.open(store)
+    with clock("teacher"):
+        fit = factory.open(store)
     rounds = None
     try:
         engine_cls = ENGINES[cfg.engine][0]
@@ -226,10 +240,11 @@ def search(
         if cfg.engine == "tyr":
             rounds = TyrRounds(model, store, supernet_cfg, factory, fit, run_dir, progress=progress, log=log)
             extra = {"rebuild": rounds, "make_budget": budget_of}
-        engine = engine_cls(space, budget, fit, cfg.engine_config, run_dir=str(run_dir), seed=cfg.seed, log=log,
-                            starts=starts, patience=cfg.patience, **extra)
-        result = engine.run(resume=resume, settings=run_settings(cfg, fitness, store, tokens, train, train_tokens,
-                                                                 validation_tokens))
+        engine = engine_cls(space, budget, TimedFitness(fit, clock), cfg.engine_config, run_dir=str(run_dir),
+                            seed=cfg.seed, log=log, starts=starts, patience=cfg.patience, **extra)
+        with clock("search"):
+            result = engine.run(resume=resume, settings=run_settings(cfg, fitness, store, tokens, train,
+                                                                     train_tokens, validation_tokens))
         baselines = {n: {"genome": list(g), "kl": result.start_scores[n], "sparsity": space.sparsity(g)}
                      for n, g in engine.starts.items()}
         if rounds is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 from sparsearch.search.fitness import Fitness
 from sparsearch.search.runfiles import RunFiles
@@ -26,13 +26,18 @@ class CachedFitness:
             for r in files.evaluations() if r.get("space", "") == space
         }
 
-    def evaluate(self, genomes: Sequence[Genome], stage: int, sample: int = 0) -> list[float]:
+    def evaluate(self, genomes: Sequence[Genome], stage: int, sample: int = 0,
+                 on_score: Callable[[], None] | None = None) -> list[float]:
+        """The scores of ``genomes`` on ``stage``; ``on_score()`` is called after each one not cached
+        (e.g. to advance a progress bar)."""
         genomes = [tuple(int(x) for x in g) for g in genomes]
         missing = list(dict.fromkeys(g for g in genomes if (g, stage, sample) not in self.cache))
 
         def record(i: int, score: float) -> None:
             self.cache[(missing[i], stage, sample)] = float(score)
             self.files.append_evaluation(missing[i], stage, float(score), self.space, sample)
+            if on_score is not None:
+                on_score()
 
         if missing:
             scores = self.fitness.evaluate_many(missing, stage, on_result=record, sample=sample)

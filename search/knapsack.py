@@ -30,7 +30,12 @@ round's allocation is a start of its own (``knapsack-r1``, ...).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
+
+from tqdm.auto import tqdm
+
+from typing import Callable
 
 from sparsearch.search.budget import Budget
 from sparsearch.search.cache import CachedFitness
@@ -120,20 +125,38 @@ class KnapsackStart:
     stage: int = -1
     rounds: int = 0
     radius: int = 2
+    progress: bool = False  # a progress bar over the probes
+    log: Callable[[str], None] | None = None  # one summary line per pass of probes
 
     @classmethod
-    def of(cls, config: "KnapsackConfig") -> "KnapsackStart":
-        return cls(config.probe_stage, config.knapsack_rounds, config.knapsack_radius)
+    def of(cls, config: "KnapsackConfig", *, progress: bool = False,
+           log: Callable[[str], None] | None = None) -> "KnapsackStart":
+        return cls(config.probe_stage, config.knapsack_rounds, config.knapsack_radius, progress, log)
+
+    def _probe(self, fitness: CachedFitness, genomes: list[Genome], stage: int, desc: str) -> list[float]:
+        """Score ``genomes`` on ``stage`` in one batch (they share the hidden states before the unit
+        each changes), with a progress bar and one summary line."""
+        started = time.perf_counter()
+        cached = len(set(genomes) & {g for (g, st, sample) in fitness.cache if st == stage and sample == 0})
+        with tqdm(total=len(genomes), initial=cached, desc=desc, unit="probe", disable=not self.progress) as bar:
+            scores = fitness.evaluate(genomes, stage, on_score=lambda: bar.update(1))
+        if self.log is not None:
+            wall = time.perf_counter() - started
+            fresh = len(genomes) - cached
+            self.log(f"{desc}: {len(genomes)} probes on fitness stage {stage}"
+                     f"{f' ({cached} cached)' if cached else ''} in {wall:.0f} s"
+                     + (f", {wall / fresh:.2f} s per probe" if fresh else ""))
+        return scores
 
     def __call__(self, space: SearchSpace, budget: Budget, fitness: CachedFitness) -> dict[str, Genome]:
         stage = _stage(self.stage, len(fitness.survivors))
-        scores = fitness.evaluate(probes(space), stage)
+        scores = self._probe(fitness, probes(space), stage, "knapsack probes")
         genome = solve(space, budget, damages(space, scores))
         out = {"knapsack": genome}
         radius, score = self.radius, None
         for r in range(1, self.rounds + 1):
             around = probes_around(space, genome, radius)
-            score, *rest = fitness.evaluate([genome, *around], stage)
+            score, *rest = self._probe(fitness, [genome, *around], stage, f"knapsack round {r}")
             new = solve(space, budget, context_damages(space, genome, around, score, rest))
             if new == genome:
                 break
