@@ -9,11 +9,12 @@ Write failures (a read-only folder, a full disk) raise :class:`SparsearchError` 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from sparsearch.base.errors import SparsearchError
 
@@ -80,12 +81,15 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def append_line(path: Path, record: dict) -> None:
     """Append ``record`` as one JSON line and sync it; a torn last line (a kill mid-write) is
-    ended first, so that it stays one unreadable line and does not swallow this record."""
+    ended first, so that it stays one unreadable line and does not swallow this record. A log
+    that is a symbolic link is refused (appending through it would write another file)."""
     path = Path(path)
     line = (json.dumps(record) + "\n").encode()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "ab+") as f:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        with os.fdopen(fd, "rb+") as f:
+            f.seek(0, os.SEEK_END)
             if f.tell() > 0:
                 f.seek(-1, os.SEEK_END)
                 if f.read(1) != b"\n":
@@ -94,20 +98,34 @@ def append_line(path: Path, record: dict) -> None:
             f.flush()
             os.fsync(f.fileno())
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise SparsearchError(f"{path} is a symbolic link; sparsearch appends only to its own files") from None
         raise _failed(path, e) from None
 
 
-def read_lines(path: Path) -> list[dict]:
-    """The JSON objects of a JSON-lines file, skipping lines that do not parse (torn writes)."""
+def read_lines(path: Path, what: str = "JSON-lines file",
+               check: Callable[[dict], str | None] | None = None) -> list[dict]:
+    """The JSON objects of a JSON-lines file. A torn line (a write cut by a kill: the start of a
+    JSON object that does not parse) is skipped wherever it is; any other line that is not a
+    JSON object, or a record that ``check`` refuses (it returns what is wrong), raises one line
+    ``"{what} {path} line N: ..."``. A file that is a symbolic link is refused."""
     path = Path(path)
+    if path.is_symlink():
+        raise SparsearchError(f"{what} {path} is a symbolic link; sparsearch reads only its own files")
     if not path.is_file():
         return []
     out = []
-    for line in path.read_bytes().splitlines():
+    for n, line in enumerate(path.read_bytes().splitlines(), 1):
+        if not line.strip():
+            continue
         try:
             record = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError):
-            continue
-        if isinstance(record, dict):
-            out.append(record)
+            if line.isascii() and line.lstrip().startswith(b"{"):
+                continue  # torn by a kill
+            raise SparsearchError(f"{what} {path} line {n} is not a JSON record (another file in its place?)") from None
+        problem = "not a JSON object" if not isinstance(record, dict) else check(record) if check else None
+        if problem:
+            raise SparsearchError(f"{what} {path} line {n}: {problem}")
+        out.append(record)
     return out

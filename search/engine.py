@@ -177,15 +177,21 @@ class Engine(abc.ABC):
             self.files.reset()
             self.fitness.cache.clear()
         self.files.save_settings({"engine": self.name, "seed": self.seed, **settings})
-        checkpoint = self.files.load_checkpoint() if resume else None
+        checkpoint = self.files.load_checkpoint(self.name, self.seed) if resume else None
         if checkpoint is not None:
             self.step_index = checkpoint["step"]
-            set_rng_state(self.rng, checkpoint["rng"])
             self.start_scores = checkpoint.get("start_scores", {})
             self.starts = {name: tuple(g) for name, g in checkpoint.get("starts", {}).items()}
             self.candidates = checkpoint.get("candidates", [])
             self.since_improved = checkpoint.get("since_improved", 0)
-            self.set_state(checkpoint["state"])
+            try:
+                set_rng_state(self.rng, checkpoint["rng"])
+                for g in self.starts.values():
+                    self.space.validate(g)
+                self.set_state(checkpoint["state"])
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+                raise SparsearchError(f"checkpoint {self.files.dir / 'checkpoint.json'} does not fit this run "
+                                      f"({type(e).__name__}: {e}); start a new run without --resume") from None
             self.files.truncate_history(self.step_index)
             elapsed = checkpoint.get("wall_time_s", 0.0)
             self.log(f"{self.name}: resumed at step {self.step_index} ({self.evaluations} evaluations done)")

@@ -125,6 +125,8 @@ class TyrEngine(Engine):
                 "parent": list(self.parent), "parent_score": self.parent_score, "sample": self.sample}
 
     def set_state(self, s: dict[str, Any]) -> None:
+        if not isinstance(s["round"], int) or isinstance(s["round"], bool) or s["round"] < 0:
+            raise ValueError(f"round {s['round']!r} is not a round number")  # it names the round's folder
         self.centres = s["centres"]
         if s["round"] > 0:
             self._enter_round(s["round"])
