@@ -13,23 +13,30 @@ hard link to it. Every write is atomic (temp file + rename),
 and the manifest is rewritten after each finished unit, so a killed build resumes at the first
 unit not yet recorded. Before a run, :meth:`SupernetStore.check_files` checks every file's size
 and SHA-256; the hashes it verified are remembered in ``DIR/verified.json`` by (size, mtime,
-inode), so an unchanged 50 GB supernet is hashed once, not at every start.
+ctime, inode), so an unchanged 50 GB supernet is hashed once, not at every start (a file changed
+in place and given back its mtime has a new ctime, which no user can set, and is hashed again).
+
+The manifest is checked when it is read: its keys and their types, and every variant ``file``
+is a path inside ``DIR`` (no ``..``, no absolute path, no symbolic link out of it).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
-from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from sparsearch.base.atomic import atomic_write, atomic_write_json, read_json_object
 from sparsearch.base.errors import SparsearchError
+from sparsearch.base.rundir import contained, is_empty
+from sparsearch.base.tensorfiles import read_tensors
 from sparsearch.search.space import SearchSpace, Unit
 from sparsearch.supernet.variants import Variant
 
@@ -93,7 +100,7 @@ class SupernetStore:
                     )
             store = cls(path, manifest)
         else:
-            if path.exists() and any(path.iterdir()):
+            if path.exists() and not is_empty(path):
                 raise SparsearchError(f"{path} exists and is not a supernet; choose an empty or new --out")
             store = cls(path, {"format": FORMAT, **header, "units": {}, "complete": False})
             store._save()
@@ -102,7 +109,7 @@ class SupernetStore:
             for unit in (m or {}).get("units", {}).values():
                 for e in unit["levels"]:
                     if e["file"] is not None:
-                        store._shared.setdefault(e["sha256"], Path(other) / e["file"])
+                        store._shared.setdefault(e["sha256"], contained(other, e["file"], f"{Path(other) / MANIFEST}"))
         return store
 
     @staticmethod
@@ -116,6 +123,9 @@ class SupernetStore:
             raise SparsearchError(f"supernet at {path} is in the older format {fmt}; rebuild it (this version reads {FORMAT})")
         if fmt != FORMAT:
             raise SparsearchError(f"{f} is not a {FORMAT} manifest (format {fmt!r})")
+        problem = _manifest_problem(path, manifest)
+        if problem:
+            raise SparsearchError(f"corrupt supernet manifest {f}: {problem}; rebuild the supernet")
         return manifest
 
     def check_model(self, fingerprint: str) -> None:
@@ -171,7 +181,9 @@ class SupernetStore:
         f = self.path / CALIBRATION
         if not f.is_file():
             return None
-        tokens = st_load(f.read_bytes())["tokens"]
+        tokens = read_tensors(f, "supernet calibration", f"delete it (or rebuild the supernet)", need=["tokens"])[0]["tokens"]
+        if tokens.dim() != 2 or tokens.dtype != torch.int64:
+            raise SparsearchError(f"supernet calibration {f} holds no token ids; delete it (or rebuild the supernet)")
         return tokens if tokens_fingerprint(tokens) == self.manifest["calibration"]["fingerprint"] else None
 
     def finish(self, **extra: Any) -> None:
@@ -193,7 +205,7 @@ class SupernetStore:
         entry = self.levels(unit)[level]
         if entry["file"] is None:
             return None
-        f = self.path / entry["file"]
+        f = contained(self.path, entry["file"], str(self.path / MANIFEST))
         try:
             data = f.read_bytes()
         except FileNotFoundError:
@@ -202,7 +214,7 @@ class SupernetStore:
             if hashlib.sha256(data).hexdigest() != entry["sha256"]:
                 raise SparsearchError(f"supernet file {f} fails its SHA-256 check (corrupt or modified)")
             self._verified.add(entry["file"])
-        return st_load(data)
+        return read_tensors(f, "supernet file", "rebuild the supernet", data=data)[0]
 
     def read_variants(self, unit: Unit) -> list[Variant]:
         return [
@@ -227,14 +239,15 @@ class SupernetStore:
     def check_files(self) -> int:
         """Check that every variant file is present, of its recorded size and SHA-256, before a
         run reads any; returns how many files were hashed (files verified before and unchanged
-        since, by size, mtime and inode, are not hashed again)."""
+        since, by size, mtime, ctime and inode, are not hashed again)."""
         remembered = self._remembered()
         hashed, record = 0, {}
+        self.calibration()  # a damaged calibration file is found here too, not by a start that needs it
         for unit in self.manifest["units"].values():
             for e in unit["levels"]:
                 if e["file"] is None or e["file"] in record:
                     continue
-                f = self.path / e["file"]
+                f = contained(self.path, e["file"], str(self.path / MANIFEST))
                 try:
                     st = f.stat()
                 except FileNotFoundError:
@@ -242,7 +255,7 @@ class SupernetStore:
                 if st.st_size != e["bytes"]:
                     raise SparsearchError(f"supernet file {f} has {st.st_size} bytes, not {e['bytes']} "
                                           "(truncated or replaced); rebuild the supernet")
-                stamp = [st.st_size, st.st_mtime_ns, st.st_ino, e["sha256"]]
+                stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, e["sha256"]]
                 if remembered.get(e["file"]) != stamp:
                     sha = _sha256(f)
                     hashed += 1
@@ -259,8 +272,13 @@ class SupernetStore:
         return hashed
 
     def _remembered(self) -> dict[str, list]:
+        """The stamps of ``verified.json``: a cache, so anything unreadable there (another
+        file in its place included) only means every file is hashed again."""
+        f = self.path / VERIFIED
         try:
-            data = json.loads((self.path / VERIFIED).read_text())
+            if f.is_symlink():
+                return {}
+            data = json.loads(f.read_text())
         except (OSError, ValueError):
             return {}
         return data if isinstance(data, dict) else {}
@@ -282,6 +300,54 @@ class SupernetStore:
         """Bytes this supernet adds on disk (hard links to other supernets' files excluded)."""
         return sum(e.get("bytes", 0) for u in self.manifest["units"].values() for e in u["levels"]
                    if not e.get("linked"))
+
+
+_UNIT = re.compile(r"L[0-9]{3,}\.(attn|mlp)")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _manifest_problem(root: Path, m: dict[str, Any]) -> str | None:
+    """What is wrong with the manifest ``m`` of the supernet at ``root`` (None: nothing)."""
+    def number(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    def count(x: Any) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+    for key in ("model", "calibration", "config", "units"):
+        if not isinstance(m.get(key), dict):
+            return f"{key} is not an object"
+    if not isinstance(m.get("complete"), bool):
+        return "complete is not true or false"
+    model = m["model"]
+    if not isinstance(model.get("fingerprint"), str) or not isinstance(model.get("name", ""), str):
+        return "model has no fingerprint"
+    if not isinstance(model.get("shape"), dict) or not count(model["shape"].get("head_dim")):
+        return "model has no shape"
+    if not isinstance(m["calibration"].get("fingerprint"), str):
+        return "calibration has no fingerprint"
+    for name, unit in m["units"].items():
+        if not _UNIT.fullmatch(name):
+            return f"{name!r} is not a unit name"
+        levels = unit.get("levels") if isinstance(unit, dict) else None
+        if not isinstance(levels, list) or not levels:
+            return f"unit {name} has no levels"
+        for i, e in enumerate(levels):
+            where = f"unit {name} level {i}"
+            if not isinstance(e, dict) or not number(e.get("sparsity")) or not count(e.get("params")):
+                return f"{where} has no sparsity or params"
+            kept = e.get("kept")
+            if not isinstance(kept, dict) or not all(isinstance(k, str) and count(v) for k, v in kept.items()):
+                return f"{where} has no kept counts"
+            if e.get("file") is None:
+                continue
+            if not isinstance(e.get("sha256"), str) or not _SHA256.fullmatch(e["sha256"]) or not count(e.get("bytes")):
+                return f"{where} has no sha256 or bytes"
+            try:
+                contained(root, e["file"], f"{where} file")
+            except SparsearchError as err:
+                return str(err)
+    return None
 
 
 def _sha256(path: Path) -> str:
