@@ -41,15 +41,22 @@ class Unit:
 
 @dataclass(frozen=True)
 class Ladder:
-    """Nominal sparsities of a unit kind's levels: strictly increasing, from 0.0 to 1.0."""
+    """Nominal sparsities of a unit kind's levels: strictly increasing, from 0.0 to 1.0, finite,
+    at most :attr:`MAX_LEVELS` of them."""
 
     sparsities: tuple[float, ...]
+
+    MAX_LEVELS = 64  # a unit's variants are all built and stored: more is a typo, not a ladder
 
     def __post_init__(self) -> None:
         s = tuple(float(x) for x in self.sparsities)
         object.__setattr__(self, "sparsities", s)
         if len(s) < 2:
             raise ValueError("a ladder needs at least two levels (0.0 and 1.0)")
+        if len(s) > self.MAX_LEVELS:
+            raise ValueError(f"a ladder has at most {self.MAX_LEVELS} levels, got {len(s)}")
+        if not all(math.isfinite(x) and 0.0 <= x <= 1.0 for x in s):
+            raise ValueError(f"ladder sparsities must be numbers within [0, 1], got {s}")
         if s[0] != 0.0 or s[-1] != 1.0:
             raise ValueError(f"a ladder must start at 0.0 (dense) and end at 1.0 (removed), got {s}")
         if any(b <= a for a, b in zip(s, s[1:])):
@@ -61,6 +68,9 @@ class Ladder:
     @classmethod
     def uniform(cls, step: float) -> "Ladder":
         """Levels 0, step, 2*step, ..., 1 (``1/step`` must be a whole number)."""
+        if not (math.isfinite(step) and 1.0 / (cls.MAX_LEVELS - 1) <= step <= 1.0):
+            raise ValueError(f"ladder step must be within [1/{cls.MAX_LEVELS - 1}, 1] (at most {cls.MAX_LEVELS} levels), "
+                             f"got {step}")
         n = round(1.0 / step)
         if n < 1 or not math.isclose(n * step, 1.0, rel_tol=1e-9):
             raise ValueError(f"ladder step must divide 1.0 evenly, got {step}")
