@@ -181,15 +181,41 @@ class Resolved:
         return sorted(self.options.known[d].flag for d in theirs - mine if self.given(d))
 
 
+MAX_PRESET_BYTES = 1 << 20  # a preset is a page of flags; a larger file is not one
+MAX_PRESET_DEPTH = 8
+_OPEN = (yaml.BlockMappingStartToken, yaml.BlockSequenceStartToken, yaml.FlowMappingStartToken,
+         yaml.FlowSequenceStartToken)
+_CLOSE = (yaml.BlockEndToken, yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)
+
+
 def read_preset(path: str) -> dict[str, Any]:
-    """A YAML mapping of flag names (dashes or underscores) to values."""
+    """A YAML mapping of flag names (dashes or underscores) to values, read with
+    ``yaml.safe_load`` only. A file over 1 MiB, or one with YAML anchors or aliases (which can
+    expand a small file into an enormous value), is refused in one line."""
     p = Path(path)
     if not p.is_file():
         raise SparsearchError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        with open(p, "rb") as f:
+            raw = f.read(MAX_PRESET_BYTES + 1)
+    except OSError as e:
+        raise SparsearchError(f"cannot read {p}: {e.strerror or e}") from None
+    if len(raw) > MAX_PRESET_BYTES:
+        raise SparsearchError(f"{p} is larger than {MAX_PRESET_BYTES >> 20} MiB; a preset is a mapping of flags")
+    try:
+        text = raw.decode("utf-8")
+        depth = 0
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            if isinstance(token, (yaml.AnchorToken, yaml.AliasToken)):
+                raise SparsearchError(f"{p} uses YAML anchors or aliases (&, *); write each value out")
+            depth += isinstance(token, _OPEN) - isinstance(token, _CLOSE)
+            if depth > MAX_PRESET_DEPTH:
+                raise SparsearchError(f"{p} nests values more than {MAX_PRESET_DEPTH} deep; a preset is a mapping of flags")
+        data = yaml.safe_load(text) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise SparsearchError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
+        raise SparsearchError(f"{p} must be a mapping of flag names to values")
+    if not all(isinstance(k, (str, int, float, bool)) for k in data):
         raise SparsearchError(f"{p} must be a mapping of flag names to values")
     return {str(k).lstrip("-").replace("-", "_"): v for k, v in data.items()}
