@@ -1,14 +1,20 @@
-"""What a run found: ``summary.json`` and PNG plots in the run directory."""
+"""What a run found: ``summary.json`` and PNG plots in the run directory.
+
+Every file here is written whole (a temporary file and a rename): a full or read-only disk is one
+error line and leaves the previous file, never a truncated one. :func:`read_summary` checks a
+summary's fields before a command uses it (``export``, ``report``, ``heal``).
+"""
 
 from __future__ import annotations
 
-import json
+import io
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sparsearch.base.atomic import atomic_write_json
-from sparsearch.search.runfiles import HISTORY
+from sparsearch.base.atomic import atomic_write, atomic_write_json, read_json_object
+from sparsearch.base.errors import SparsearchError
+from sparsearch.search.runfiles import HISTORY, RunFiles
 
 if TYPE_CHECKING:
     from sparsearch.launch.pipeline import SearchOutcome
@@ -54,6 +60,65 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
     return path
 
 
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _is_genome(x: Any) -> bool:
+    return isinstance(x, list) and bool(x) and all(isinstance(g, int) and not isinstance(g, bool) and g >= 0 for g in x)
+
+
+def _summary_problem(s: dict[str, Any]) -> str | None:
+    """What a command cannot use in the summary ``s`` (None: nothing)."""
+    for key, ok, kind in (
+        ("model", lambda v: isinstance(v, str) and v and "\x00" not in v, "a model"),
+        ("supernet", lambda v: isinstance(v, str) and Path(v).is_absolute() and "\x00" not in v, "an absolute path"),
+        ("engine", lambda v: isinstance(v, str), "a name"),
+        ("best_genome", _is_genome, "a genome"),
+        ("target_sparsity", _is_number, "a number"), ("sparsity", _is_number, "a number"),
+        ("fitness", lambda v: isinstance(v, dict) and _is_number(v.get("kl")), "an object with kl"),
+        ("uniform", lambda v: isinstance(v, dict) and _is_number(v.get("kl")), "an object with kl"),
+        ("budget", lambda v: isinstance(v, dict) and isinstance(v.get("cost"), str) and _is_number(v.get("limit")),
+         "an object with cost and limit"),
+        ("per_layer", lambda v: isinstance(v, list) and all(
+            isinstance(r, dict) and isinstance(r.get("layer"), int)
+            and all(isinstance(r.get(k), dict) and _is_number(r[k].get("sparsity")) and _is_number(r[k].get("params"))
+                    for k in ("attn", "mlp")) for r in v), "a list of layers"),
+        ("pareto", lambda v: v is None or isinstance(v, list) and all(
+            isinstance(p, dict) and _is_genome(p.get("genome")) and _is_number(p.get("cost"))
+            and _is_number(p.get("fitness")) for p in v), "a list of points"),
+    ):
+        if key not in s and key == "pareto":
+            continue
+        if key not in s:
+            return f"no {key}"
+        if not ok(s[key]):
+            return f"{key} is not {kind}"
+    return None
+
+
+def read_summary(run_dir: str | Path) -> dict[str, Any]:
+    """The run's ``summary.json``, checked: a missing, torn or foreign file, or one without the
+    fields a command uses, is one error line."""
+    path = Path(run_dir) / SUMMARY
+    if path.is_symlink():
+        raise SparsearchError(f"run summary {path} is a symbolic link; sparsearch reads only its own files")
+    if not path.is_file():
+        raise SparsearchError(f"no {SUMMARY} in {run_dir}: run a search first")
+    summary = read_json_object(path, "run summary")
+    problem = _summary_problem(summary)
+    if problem:
+        raise SparsearchError(f"run summary {path}: {problem} (a torn or foreign file?); run the search again")
+    return summary
+
+
+def _save(fig, path: Path) -> None:
+    """A figure as a whole PNG file: rendered in memory, then written atomically."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    atomic_write(path, buf.getvalue())
+
+
 def render(run_dir: str | Path) -> list[Path]:
     """Draw the run's plots from ``summary.json`` and ``history.jsonl``; returns the PNG paths."""
     import matplotlib
@@ -62,8 +127,8 @@ def render(run_dir: str | Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
-    summary = json.loads((run_dir / SUMMARY).read_text())
-    history = [json.loads(l) for l in (run_dir / HISTORY).read_text().splitlines()] if (run_dir / HISTORY).is_file() else []
+    summary = read_summary(run_dir)
+    history = RunFiles(run_dir).history()
     out = []
 
     rows = summary["per_layer"]
@@ -78,7 +143,7 @@ def render(run_dir: str | Path) -> list[Path]:
     ax.legend(fontsize=8)
     fig.tight_layout()
     out.append(run_dir / "sparsity.png")
-    fig.savefig(out[-1], dpi=120)
+    _save(fig, out[-1])
     plt.close(fig)
 
     if history:
@@ -89,7 +154,7 @@ def render(run_dir: str | Path) -> list[Path]:
         ax.legend(fontsize=8)
         fig.tight_layout()
         out.append(run_dir / "fitness.png")
-        fig.savefig(out[-1], dpi=120)
+        _save(fig, out[-1])
         plt.close(fig)
 
     if summary.get("pareto"):
@@ -101,7 +166,7 @@ def render(run_dir: str | Path) -> list[Path]:
         ax.legend(fontsize=8)
         fig.tight_layout()
         out.append(run_dir / "pareto.png")
-        fig.savefig(out[-1], dpi=120)
+        _save(fig, out[-1])
         plt.close(fig)
     return out
 
