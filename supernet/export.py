@@ -6,13 +6,16 @@ config, ``modeling_sparsearch.py`` (remote code for the installed transformers 5
 card. ``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)`` reproduces the
 candidate's logits. When the shapes fit the ``nemotron-nas`` rules (:mod:`supernet.nemotron_nas`),
 the config also uses that schema so that vLLM's DeciLM model can serve the folder. The folder is
-written to a temporary name and renamed when complete.
+written to a temporary name (``.NAME.PID.*`` beside it) and renamed when complete; the next export
+to the same folder removes a temporary that a killed process left.
 """
 
 from __future__ import annotations
 
 import copy
+import glob
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -129,6 +132,33 @@ def export(model: nn.Module, tokenizer, out: str | Path, *, card: str | None = N
     return save_export(export_model(model, dtype), tokenizer, out, card=card)
 
 
+def remove_stale_temporaries(out: str | Path) -> list[Path]:
+    """Remove the temporary folders of exports to ``out`` that a killed process left half-written
+    (``.NAME.PID.*`` beside it, whose process is gone); returns them. A live export's is kept."""
+    out = Path(out)
+    removed = []
+    for tmp in out.parent.glob(f".{glob.escape(out.name)}.*"):
+        parts = tmp.name[len(out.name) + 2 :].split(".")
+        pid = int(parts[0]) if parts[0].isdigit() else None
+        if not tmp.is_dir() or tmp.is_symlink() or (pid is not None and _alive(pid)):
+            continue
+        shutil.rmtree(tmp, ignore_errors=True)
+        removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def save_export(exported: modeling_sparsearch.SparsearchForCausalLM, tokenizer, out: str | Path, *,
                 card: str | None = None) -> Path:
     """Write an exported model (from :func:`export_model`, possibly trained since) to the new or
@@ -139,7 +169,8 @@ def save_export(exported: modeling_sparsearch.SparsearchForCausalLM, tokenizer, 
     cfg = exported.config
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+        remove_stale_temporaries(out)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.{os.getpid()}."))
     except OSError as e:
         raise SparsearchError(f"cannot write the export {out}: {e.strerror or e}") from None
     try:
