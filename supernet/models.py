@@ -28,11 +28,26 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SPARSEARCH_CACHE", Path.home() / ".cache" / "sparsearch"))
 
 
+def _check_gguf(path: Path) -> None:
+    """Refuse a file that does not start as a GGUF file does (magic, version, counts)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(24)
+    except OSError as e:
+        raise SparsearchError(f"cannot read {path}: {e.strerror or e}") from None
+    if len(head) < 24 or head[:4] != b"GGUF":
+        raise SparsearchError(f"{path} is not a GGUF file (it does not start with the GGUF magic)")
+
+
 def _from_gguf(path: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    _check_gguf(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    except Exception as e:  # the gguf reader raises many kinds on a truncated or damaged file
+        raise SparsearchError(f"could not load the GGUF file {path} (truncated or damaged?): {first_line(e)}") from None
     # the weights are dequantised to float: forget the GGUF quantiser so the model saves normally
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -117,7 +132,11 @@ def load_config(spec: str, *, trust_remote_code: bool = False):
     if spec in ALIASES:
         return AutoConfig.from_pretrained(ALIASES[spec]())
     if path.is_file() and path.suffix == ".gguf":
-        return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+        _check_gguf(path)
+        try:
+            return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+        except Exception as e:  # as in _from_gguf
+            raise SparsearchError(f"could not load the GGUF file {path} (truncated or damaged?): {first_line(e)}") from None
     if path.is_dir():
         cfg = _folder_config(path)
         if _is_export(cfg):
