@@ -73,6 +73,7 @@ same parameters, since failed trials do not enter TPE's model.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import warnings
 from dataclasses import dataclass
@@ -146,15 +147,72 @@ class TPEConfig:
         return (self.kernel_floor or 0.4) if self.budget_mode == "shift" else None
 
 
+def masked(url: str, text: str | None = None) -> str:
+    """``url`` (or ``text``, which may quote it) with its password shown as ``***``."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # not a URL: nothing to mask but what looks like user:password@
+        parsed = None
+    shown = parsed.render_as_string(hide_password=True) if parsed is not None else url
+    out = url if text is None else text
+    if parsed is not None and parsed.password:
+        password = str(parsed.password)
+        out = out.replace(url, shown).replace(f":{password}@", ":***@")
+        if len(password) >= 6:  # a driver quoting it alone (shorter ones would mask other words)
+            out = out.replace(password, "***")
+    elif text is None:
+        out = shown
+    return out
+
+
 def _check_storage_url(url: str) -> None:
-    """An Optuna RDB storage URL whose database dialect is installed (connecting is left to the run)."""
+    """An Optuna RDB storage URL whose database dialect is installed (connecting: :func:`probe_storage`)."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
         make_url(url).get_dialect()
-    except (ArgumentError, ImportError) as e:
-        raise ConfigError(f"storage: {url!r} is not a usable Optuna storage URL ({first_line(e)})") from None
+    except (ArgumentError, ImportError, ValueError) as e:
+        raise ConfigError(f"storage: {masked(url)!r} is not a usable Optuna storage URL "
+                          f"({masked(url, first_line(e))})") from None
+
+
+def probe_storage(url: str) -> None:
+    """Import the database driver of the storage URL ``url`` and connect once, so that a missing
+    driver, a wrong password or an unreachable server is one error line before any model is
+    loaded or any file written (a new SQLite file is not created here: its folder is checked)."""
+    import os
+    import sqlite3
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.pool import NullPool
+
+    _check_storage_url(url)
+    parsed = make_url(url)
+    try:
+        if parsed.get_backend_name() == "sqlite":
+            db = parsed.database or ""
+            if db and db != ":memory:":
+                path = Path(db).expanduser()
+                if path.exists():
+                    with sqlite3.connect(f"file:{path.absolute()}?mode=ro", uri=True) as conn:
+                        conn.execute("select count(*) from sqlite_master").fetchall()
+                elif not os.access(path.absolute().parent, os.W_OK):
+                    raise OSError(f"cannot create {path}: its folder is missing or not writable")
+            return
+        parsed.get_dialect().import_dbapi()
+        timeout = {"connect_timeout": 10} if parsed.get_backend_name() in ("postgresql", "mysql", "mariadb") else {}
+        engine = create_engine(parsed, poolclass=NullPool, connect_args=timeout)
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("select 1"))
+        finally:
+            engine.dispose()
+    except Exception as e:  # the driver's own errors, SQLAlchemy's, an OSError
+        raise ConfigError(f"storage: cannot connect to {masked(url)} ({masked(url, first_line(e))})") from None
 
 
 def good_set_size(trials: int, cap: int) -> int:
@@ -232,12 +290,25 @@ class _KnownSpaceTPESampler(optuna.samplers.TPESampler):
 
 
 def _heal_journal(path: Path) -> None:
-    """Cut a torn last line (a write cut by a kill) so that later appends stay readable."""
+    """Cut a torn last line (a write cut by a kill) so that later appends stay readable. A journal
+    with any other line that is not a JSON record (another file in its place) is refused first."""
     if path.is_file() and path.stat().st_size:
         data = path.read_bytes()
-        if not data.endswith(b"\n"):
+        *lines, tail = data.split(b"\n")
+        for n, line in enumerate(lines, 1):
+            try:
+                ok = isinstance(json.loads(line), dict)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                ok = False
+            if not ok:
+                raise SparsearchError(f"the Optuna journal {path} line {n} is not a journal record (another file in "
+                                      "its place?); start a new run without --resume")
+        if tail and not (tail.isascii() and tail.startswith(b"{")):
+            raise SparsearchError(f"the Optuna journal {path} ends in something other than a journal record; "
+                                  "start a new run without --resume")
+        if tail:
             with open(path, "r+b") as f:
-                f.truncate(data.rfind(b"\n") + 1)
+                f.truncate(len(data) - len(tail))
 
 
 class TPEEngine(Engine):
@@ -252,6 +323,9 @@ class TPEEngine(Engine):
         from optuna.storages.journal import JournalFileBackend
 
         self.files.dir.mkdir(parents=True, exist_ok=True)
+        if (self.files.dir / JOURNAL).is_symlink():
+            raise SparsearchError(f"the Optuna journal {self.files.dir / JOURNAL} is a symbolic link; sparsearch "
+                                  "reads and writes only its own files")
         _heal_journal(self.files.dir / JOURNAL)
         return JournalStorage(JournalFileBackend(str(self.files.dir / JOURNAL)))
 
@@ -260,16 +334,26 @@ class TPEEngine(Engine):
         if fresh and not self.config.storage:
             (self.files.dir / JOURNAL).unlink(missing_ok=True)
         try:
+            storage = self._storage()
+            if not fresh and self.config.study_name not in optuna.get_all_study_names(storage):
+                where = masked(self.config.storage) if self.config.storage else str(self.files.dir / JOURNAL)
+                raise SparsearchError(f"the Optuna storage {where} holds no study {self.config.study_name!r} to "
+                                      "resume; start a new run without --resume")
             self.study = optuna.create_study(
-                storage=self._storage(), study_name=self.config.study_name, direction="minimize",
+                storage=storage, study_name=self.config.study_name, direction="minimize",
                 load_if_exists=not fresh,
             )
         except optuna.exceptions.DuplicatedStudyError:
             raise SparsearchError(
-                f"study {self.config.study_name!r} already exists in {self.config.storage}; use --resume or another name"
+                f"study {self.config.study_name!r} already exists in {masked(self.config.storage)}; use --resume or "
+                "another name"
             ) from None
         except (ImportError, SQLAlchemyError) as e:  # the database of --storage cannot be opened
-            raise SparsearchError(f"cannot open the Optuna storage {self.config.storage}: {first_line(e)}") from None
+            raise SparsearchError(f"cannot open the Optuna storage {masked(self.config.storage)}: "
+                                  f"{masked(self.config.storage, first_line(e))}") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as e:  # the journal holds something else
+            raise SparsearchError(f"cannot read the Optuna journal {self.files.dir / JOURNAL} ({type(e).__name__}: "
+                                  f"{first_line(e)}); start a new run without --resume") from None
 
     @property
     def _distributions(self) -> dict[str, BaseDistribution]:
@@ -328,7 +412,7 @@ class TPEEngine(Engine):
             sampled, trial = self.start_genome(), None
         else:
             self.study.sampler = _KnownSpaceTPESampler(
-                self._distributions, seed=self.seed * 1_000_003 + self.step_index,
+                self._distributions, seed=(self.seed * 1_000_003 + self.step_index) % 2**32,  # numpy's range
                 n_startup_trials=self.config.startup_trials, n_ei_candidates=self.config.candidates,
                 good_trials=self.config.good_set_cap, kernel_floors=self._kernel_floors,
             )
