@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from sparsearch.base import rundir
 from sparsearch.fitness.config import FitnessConfig, TrainConfig
 from sparsearch.fitness.data import CalibrationConfig
 from sparsearch.launch.cluster import ClusterConfig
 from sparsearch.launch.config import SearchConfig
+from sparsearch.launch import inputs
 from sparsearch.launch.heldout import HeldoutConfig
 from sparsearch.launch.options import Options, Resolved, read_preset
 from sparsearch.base.errors import SparsearchError, SparsearchWarning
@@ -108,6 +111,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[str, Resolved]:
         if opt.required and resolved.values[dest] is None:
             raise SparsearchError(f"the following arguments are required: {opt.flag}")
     _absolute_paths(resolved)
+    inputs.check_values(resolved.values)
     return ns.command, resolved
 
 
@@ -118,6 +122,9 @@ def _absolute_paths(o: Resolved) -> None:
     """Paths become absolute once, here: summaries and manifests name files that another working
     directory (``export``, ``report``, a Ray actor) can open. A model spec is a path only if it
     exists (else an alias or a hub id)."""
+    for dest in (*PATH_OPTIONS, "model"):
+        if isinstance(o.values.get(dest), str) and not o.values[dest].strip():
+            raise SparsearchError(f"--{dest.replace('_', '-')} must not be empty")
     for dest in PATH_OPTIONS:
         if o.values.get(dest):
             o.values[dest] = str(Path(o.values[dest]).expanduser().absolute())
@@ -202,6 +209,19 @@ def _describe(store) -> str:
             f"{store.size_bytes / 2**20:.1f} MiB on disk" + (f", built in {secs:.0f} s)" if secs else ")"))
 
 
+def _claim_supernet(out: Path | str, flag: str) -> None:
+    """Lock the supernet a command may build (a finished one is only read, by any number of runs)."""
+    from sparsearch.supernet.store import MANIFEST, SupernetStore
+
+    if not SupernetStore.is_complete(out):
+        rundir.claim(out, "supernet", flag, mark=MANIFEST, write_mark=False)
+
+
+def _lock_existing(run_dir: str) -> None:
+    """Lock a run directory a command writes into (where no lock file can be made, none is taken)."""
+    rundir.lock(run_dir, "run directory", create=False, read_only_ok=True)
+
+
 # -- commands -----------------------------------------------------------------------------------
 def _supernet_command_options(o: Options) -> None:
     _model_options(o)
@@ -217,6 +237,7 @@ def cmd_supernet(o: Resolved) -> int:
 
     cfg, calib = o.config(SupernetConfig), calibration_config(o)  # validated before loading anything
     _check_files(calib.location if calib.source == "text" else None)
+    _claim_supernet(o.out, "--out")
     model, tokenizer = _load(o)
     require_fits(model, seqlens={"calib_seqlen": calib.seqlen}, supernet=cfg)
     store = ensure_supernet(model, tokenizer, Path(o.out), cfg, calib, model_name=o.model, progress=not o.quiet,
@@ -356,6 +377,8 @@ def cmd_search(o: Resolved) -> int:
     o.config(FitnessConfig), o.config(TrainConfig), o.config(HeldoutConfig), o.config(ClusterConfig)
     _check_files(o.eval_text)
     _device(o.device)
+    inputs.probe_storage(o.values)
+    rundir.claim(o.run_dir, "run directory", "--run-dir")
     store = SupernetStore.open(o.supernet)
     store.check_files()
     model, tokenizer = _load(o)
@@ -391,9 +414,12 @@ def cmd_run(o: Resolved) -> int:
     o.config(FitnessConfig), o.config(TrainConfig), o.config(HeldoutConfig), o.config(ClusterConfig)
     calib = calibration_config(o)
     _check_files(calib.location if calib.source == "text" else None, o.eval_text)
+    inputs.probe_storage(o.values)
+    rundir.claim(o.run_dir, "run directory", "--run-dir")
+    out = Path(o.supernet) if o.supernet else Path(o.run_dir) / "supernet"
+    _claim_supernet(out, "--supernet")
     model, tokenizer = _load(o)
     require_fits(model, seqlens=_seqlens(o), supernet=o.config(SupernetConfig))
-    out = Path(o.supernet) if o.supernet else Path(o.run_dir) / "supernet"
     store = ensure_supernet(model, tokenizer, out, o.config(SupernetConfig), calib, model_name=o.model,
                             progress=not o.quiet, log=_log(o))
     store.check_files()
@@ -441,18 +467,16 @@ def _export_options(o: Options) -> None:
 
 @command("export", "write the best (or a Pareto) genome of a run as a smaller HF model", _export_options)
 def cmd_export(o: Resolved) -> int:
-    from sparsearch.launch.report import SUMMARY, export_genome
+    from sparsearch.launch.report import export_genome, read_summary
     from sparsearch.supernet.stitch import Stitcher
     from sparsearch.supernet.store import SupernetStore
 
-    path = Path(o.run_dir) / SUMMARY
-    if not path.is_file():
-        raise SparsearchError(f"no {SUMMARY} in {o.run_dir}: run a search first")
-    summary = json.loads(path.read_text())
+    summary = read_summary(o.run_dir)
+    pareto = re.fullmatch(r"pareto:([0-9]{1,9})", o.genome)
     if o.genome == "best":
         genome = summary["best_genome"]
-    elif o.genome.startswith("pareto:") and o.genome[7:].isdigit():
-        i = int(o.genome[7:])
+    elif pareto:
+        i = int(pareto.group(1))
         if not 0 <= i < len(summary.get("pareto") or []):
             raise SparsearchError(f"the run's Pareto front has {len(summary.get('pareto') or [])} points; no point {i}")
         genome = summary["pareto"][i]["genome"]
@@ -461,6 +485,7 @@ def cmd_export(o: Resolved) -> int:
     out = Path(o.out)
     if out.exists() and any(out.iterdir()):
         raise SparsearchError(f"export folder {out} exists and is not empty")
+    _lock_existing(o.run_dir)
     store = SupernetStore.open(summary["supernet"])
     store.check_files()
     model, tokenizer = _load(o, model=summary["model"])
@@ -491,20 +516,19 @@ def _heal_options(o: Options) -> None:
          _heal_options)
 def cmd_heal(o: Resolved) -> int:
     from sparsearch.launch.heal import HEALED_EXPORT, HealConfig, heal
-    from sparsearch.launch.report import SUMMARY
-    from sparsearch.base.atomic import read_json_object
+    from sparsearch.launch.report import read_summary
 
     cfg, heldout = o.config(HealConfig), o.config(HeldoutConfig)
     if o.given("lora_rank") and cfg.full:
         raise SparsearchError("--lora-rank and --full exclude each other")
-    path = Path(o.run_dir) / SUMMARY
-    if not path.is_file():
-        raise SparsearchError(f"no {SUMMARY} in {o.run_dir}: run a search first")
-    run_calib = read_json_object(path, "run summary").get("calibration") or {}
+    run_calib = read_summary(o.run_dir).get("calibration") or {}
+    if not isinstance(run_calib, dict):
+        raise SparsearchError(f"run summary {Path(o.run_dir) / 'summary.json'}: calibration is not an object")
     calib = calibration_config(o, default=(run_calib.get("source", "self"), run_calib.get("location")))
     _check_files(calib.location if calib.source == "text" else None, heldout.text)
     _device(o.device)
     out = Path(o.out) if o.out else Path(o.run_dir) / HEALED_EXPORT
+    _lock_existing(o.run_dir)
     result = heal(o.run_dir, out, cfg, calib, load=lambda spec: _load(o, model=spec), dtype=o.dtype, seed=o.seed,
                   resume=o.resume, heldout=heldout, eval_batch_size=o.config(FitnessConfig).batch_size,
                   progress=not o.quiet, log=_log(o))
@@ -520,10 +544,10 @@ def _report_options(o: Options) -> None:
 
 @command("report", "render the plots of a run directory again", _report_options)
 def cmd_report(o: Resolved) -> int:
-    from sparsearch.launch.report import SUMMARY, render
+    from sparsearch.launch.report import read_summary, render
 
-    if not (Path(o.run_dir) / SUMMARY).is_file():
-        raise SparsearchError(f"no {SUMMARY} in {o.run_dir}")
+    read_summary(o.run_dir)
+    _lock_existing(o.run_dir)
     for p in render(o.run_dir):
         print(p)
     return 0
@@ -543,11 +567,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         name, options = parse_args(argv)
         return COMMANDS[name][2](options)
     except SparsearchError as e:
-        print(f"sparsearch: error: {e}", file=sys.stderr)
+        print(f"sparsearch: error: {inputs.error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sparsearch: interrupted", file=sys.stderr)
         return 130
+    finally:
+        rundir.release_all()
 
 
 if __name__ == "__main__":
