@@ -41,6 +41,8 @@ class SearchConfig:
         require(0.0 <= self.tolerance < 1.0, "tolerance", self.tolerance, "within [0, 1)")
         require(self.baseline_samples >= 1, "baseline_samples", self.baseline_samples, ">= 1")
         require(self.patience >= 0, "patience", self.patience, ">= 0")
+        require(isinstance(self.seed, int) and 0 <= self.seed <= 2**32 - 1, "seed", self.seed,
+                "within [0, 2**32 - 1] (numpy's and Optuna's seeds are 32-bit)")
         for field, name in (("engine_config", self.engine), ("init_config", self.init)):
             config_cls = ENGINES[name][1] if name in ENGINES else type(None)
             if getattr(self, field) is None and name in ENGINES:
