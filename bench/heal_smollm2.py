@@ -3,9 +3,9 @@
 full-parameter training at several token counts; WikiText-2 test perplexity and wall time of
 each. Prints one JSON object (also written to OUT/heal.json).
 
-    python bench/heal_smollm2.py --run-dir bench/out/end_to_end_v2/0.5/evolution+knapsack \\
+    python -m bench.heal_smollm2 --run-dir bench/out/end_to_end_v2/0.5/evolution+knapsack \\
         [--tokens 0,50000,200000,1000000] [--methods lora,full] [--calib text|self] [--eval-tokens 32768]
-    python bench/heal_smollm2.py --prepare-data --tokens 200000 [--out OUT]   # while the search runs
+    python -m bench.heal_smollm2 --prepare-data --tokens 200000 [--out OUT]   # while the search runs
 
 Each (method, tokens) heals a copy of the run's summary under OUT, so the run itself is not
 touched; a finished one (its ``heal.json`` exists) is reused, an interrupted one resumes.

@@ -4,7 +4,7 @@ ever a calibration, fitness or validation source: the product's calibration is t
 samples or, with ``--calib-text``, the user's file; the benchmarks calibrate on those or on Python's
 own reference documentation (``pydoc_data``), a domain none of these texts is from.
 
-    from heldout_texts import TEXTS, read
+    from bench.heldout_texts import TEXTS, read
     text = read("licenses", data_dir)        # str
 """
 

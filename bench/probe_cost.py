@@ -1,6 +1,6 @@
 """What a replace-one-unit probe costs against full-genome evaluations, on the default model.
 
-    python bench/probe_cost.py --supernet runs/default/supernet [--tokens 2048] [--unit-stride 1] [--threads 2]
+    python -m bench.probe_cost --supernet runs/default/supernet [--tokens 2048] [--unit-stride 1] [--threads 2]
 
 Scores every knapsack probe (each unit at each level alone) twice on the same fitness rows: from the
 dense hidden states entering the unit (the product's path, the base's own pass included) and as full

@@ -1,7 +1,7 @@
 """Ray evaluator pool benchmark on a small random Llama: evaluations/s in process vs 1 and 2 Ray
 workers (one thread each), and the per-evaluation overhead of the Ray path. Prints one JSON object.
 
-    python bench/ray_pool.py [--genomes 48] [--hidden 256] [--layers 4] [--seqlen 128]
+    python -m bench.ray_pool [--genomes 48] [--hidden 256] [--layers 4] [--seqlen 128]
 """
 
 from __future__ import annotations
@@ -10,14 +10,9 @@ import argparse
 import json
 import os
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
 
 def main() -> None:
     p = argparse.ArgumentParser()
@@ -32,9 +27,9 @@ def main() -> None:
     import torch
     from safetensors.torch import save_file
 
-    from conftest import tiny_model, tiny_tokenizer
     from sparsearch.fitness.pool import EvaluatorSpec, InProcessPool, RayPool
     from sparsearch.supernet import SupernetConfig, build_supernet
+    from tests.helpers.tiny import tiny_model, tiny_tokenizer
 
     torch.set_num_threads(1)
     root = Path(tempfile.mkdtemp())

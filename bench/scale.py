@@ -3,8 +3,8 @@ Prints one JSON object: build wall time, peak memory (accelerator memory, or the
 resident set on a CPU), supernet disk (and the plan's predictions), evaluation tokens/s dense
 and at 50%, and the wall time of one evolution generation on the darwinlm schedule.
 
-    python bench/scale.py --shape llama-3.1-8b --random-weights            # on a GPU: bf16
-    python bench/scale.py --shape llama-3.2-1b --random-weights --device cpu --calib-samples 8 \\
+    python -m bench.scale --shape llama-3.1-8b --random-weights            # on a GPU: bf16
+    python -m bench.scale --shape llama-3.2-1b --random-weights --device cpu --calib-samples 8 \\
         --calib-seqlen 256                                                   # on a CPU: float32
 
 Random weights (std 0.02) and random tokens give real shapes, so time, memory and disk are
@@ -54,7 +54,7 @@ def random_model(shape: str, dtype, device, layers: int = 0):
     return model.eval()
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", choices=list(SHAPES), default="llama-3.1-8b")
     p.add_argument("--random-weights", action="store_true", required=True,
@@ -72,35 +72,98 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=0,
                    help="build only this many decoder layers of the shape (0: all); the JSON adds per-layer "
                         "build time and the full model's extrapolated build time")
-    args = p.parse_args()
+    return p.parse_args()
 
+
+def device_and_dtype(args):
     import torch
 
-    from sparsearch.fitness.evaluator import Evaluator
-    from sparsearch.fitness.schedule import TokenSchedule
-    from sparsearch.search.budget import Budget, CostModel
-    from sparsearch.search.evolution import EvolutionConfig, EvolutionEngine, evolve_generation
-    from sparsearch.search.oneshot import OneShotConfig
-    from sparsearch.supernet import SupernetConfig, build_supernet
-    from sparsearch.supernet.memory import PeakMemory
-    from sparsearch.launch.plan import ModelShape, plan
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.device == "auto":
         device = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else torch.device("cpu")
     else:
         device = torch.device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype != "auto" else (torch.float32 if device.type == "cpu" else torch.bfloat16)
+    return device, dtype
+
+
+def build(model, calib, folder: Path, cfg, schedule, args, device, out: dict):
+    """The supernet build: wall time, peak memory and disk, next to the plan's predictions."""
+    from sparsearch.launch.config import SearchConfig
+    from sparsearch.launch.plan import ModelShape, plan
+    from sparsearch.supernet import build_supernet
+    from sparsearch.supernet.memory import PeakMemory
+
+    full_layers = SHAPES[args.shape]["num_hidden_layers"]
+    planned = plan(ModelShape.from_config(model.config, str(model.dtype).replace("torch.", "")), cfg,
+                   samples=args.calib_samples, seqlen=args.calib_seqlen, schedule=schedule,
+                   search=SearchConfig(engine="uniform", target_sparsity=0.5), device=device.type,
+                   mapped_weights=False)  # random weights live in ordinary memory
+    with PeakMemory(device) as mem:
+        t0 = time.perf_counter()
+        store = build_supernet(model, calib, str(folder), cfg, model_name=f"random {args.shape}", progress=True)
+        out["build_s"] = round(time.perf_counter() - t0, 1)
+        if args.layers:
+            out["build_s_per_layer"] = round(out["build_s"] / args.layers, 1)
+            out["build_s_extrapolated_all_layers"] = round(out["build_s"] / args.layers * full_layers, 1)
+    key = "peak_gpu_memory_gib" if device.type != "cpu" else "peak_rss_gib"
+    out[key] = round(mem.peak_bytes / 2**30, 2)
+    out["disk_gib"] = round(store.new_bytes / 2**30, 2)
+    out["plan"] = {"disk_gib": round(planned["supernet"]["disk_bytes"] / 2**30, 2),
+                   "peak_memory_gib": round(planned["build"]["peak_memory_mib"] / 1024, 2)}
+    return store
+
+
+def evaluate_and_search(model, store, fit_tokens, schedule, run_dir: Path, args, device, out: dict) -> None:
+    """Evaluation tokens/s (dense and uniform 50%) and the wall time of one evolution generation."""
+    import torch
+
+    from sparsearch.fitness.evaluator import Evaluator
+    from sparsearch.search.budget import Budget, CostModel
+    from sparsearch.search.evolution import EvolutionConfig, EvolutionEngine, evolve_generation
+
+    ev = Evaluator(model, store, fit_tokens, schedule, batch_size=args.eval_batch_size)
+    space = ev.space
+    last = len(schedule) - 1
+    for name, genome in (("dense", space.dense), ("uniform_50", space.uniform(0.5))):
+        ev.stitcher.apply(genome)
+        ev.score(model, 1)  # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        ev.score(model, ev.rows(last))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        out[f"eval_tokens_per_s_{name}"] = round(ev.rows(last) * args.calib_seqlen / (time.perf_counter() - t0), 1)
+    budget = Budget.from_sparsity(CostModel.params(space), 0.5)
+    evo_cfg = EvolutionConfig(generations=1, offspring=args.offspring)
+    engine = EvolutionEngine(space, budget, ev, evo_cfg, run_dir=str(run_dir), log=None)
+    engine.files.reset()
+    engine.initialize()
+    t0 = time.perf_counter()
+    evolve_generation(engine.parent, engine.parent_score, engine.fitness, budget, engine.rng, evo_cfg)
+    out["evolution_generation_s"] = round(time.perf_counter() - t0, 1)
+    out["evolution_generation"] = f"{args.offspring} offspring, schedule {args.schedule}"
+
+
+def main() -> None:
+    args = parse_args()
+
+    import torch
+
+    from sparsearch.fitness.schedule import TokenSchedule
+    from sparsearch.supernet import SupernetConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device, dtype = device_and_dtype(args)
     out: dict = {"shape": args.shape, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
                  "calibration": f"{args.calib_samples}x{args.calib_seqlen} random tokens"}
     if device.type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(device)
     t0 = time.perf_counter()
     model = random_model(args.shape, dtype, device, args.layers)
-    full_layers = SHAPES[args.shape]["num_hidden_layers"]
     if args.layers:
-        out["layers_built"] = f"{args.layers} of {full_layers}"
+        out["layers_built"] = f"{args.layers} of {SHAPES[args.shape]['num_hidden_layers']}"
     out["params"] = sum(p.numel() for p in model.parameters())
     out["model_gib"] = round(out["params"] * model.dtype.itemsize / 2**30, 2)
     out["init_s"] = round(time.perf_counter() - t0, 1)
@@ -108,51 +171,13 @@ def main() -> None:
     vocab = model.config.vocab_size
     g = torch.Generator().manual_seed(0)
     calib = torch.randint(0, vocab, (args.calib_samples, args.calib_seqlen), generator=g)
-    cfg = SupernetConfig(batch_size=args.batch_size)
     schedule = TokenSchedule.parse(args.schedule)
-    planned = plan(ModelShape.from_config(model.config, str(dtype).replace("torch.", "")), cfg,
-                   samples=args.calib_samples, seqlen=args.calib_seqlen, target=0.5, schedule=schedule,
-                   engine="uniform", engine_config=OneShotConfig(), device=device.type,
-                   mapped_weights=False)  # random weights live in ordinary memory
     folder = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="scale-")) / "supernet"
     try:
-        with PeakMemory(device) as mem:
-            t0 = time.perf_counter()
-            store = build_supernet(model, calib, str(folder), cfg, model_name=f"random {args.shape}", progress=True)
-            out["build_s"] = round(time.perf_counter() - t0, 1)
-            if args.layers:
-                out["build_s_per_layer"] = round(out["build_s"] / args.layers, 1)
-                out["build_s_extrapolated_all_layers"] = round(out["build_s"] / args.layers * full_layers, 1)
-        key = "peak_gpu_memory_gib" if device.type != "cpu" else "peak_rss_gib"
-        out[key] = round(mem.peak_bytes / 2**30, 2)
-        out["disk_gib"] = round(store.new_bytes / 2**30, 2)
-        out["plan"] = {"disk_gib": round(planned["supernet"]["disk_bytes"] / 2**30, 2),
-                       "peak_memory_gib": round(planned["build"]["peak_memory_mib"] / 1024, 2)}
-
+        store = build(model, calib, folder, SupernetConfig(batch_size=args.batch_size), schedule, args, device, out)
         rows = -(-schedule.max_tokens // args.calib_seqlen)
         fit_tokens = torch.randint(0, vocab, (rows, args.calib_seqlen), generator=g)
-        ev = Evaluator(model, store, fit_tokens, schedule, batch_size=args.eval_batch_size)
-        space = ev.space
-        last = len(schedule) - 1
-        for name, genome in (("dense", space.dense), ("uniform_50", space.uniform(0.5))):
-            ev.stitcher.apply(genome)
-            ev.score(model, 1)  # warm-up
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            ev.score(model, ev.rows(last))
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            out[f"eval_tokens_per_s_{name}"] = round(ev.rows(last) * args.calib_seqlen / (time.perf_counter() - t0), 1)
-        budget = Budget.from_sparsity(CostModel.params(space), 0.5)
-        evo_cfg = EvolutionConfig(generations=1, offspring=args.offspring)
-        engine = EvolutionEngine(space, budget, ev, evo_cfg, run_dir=str(folder.parent / "run"), log=None)
-        engine.files.reset()
-        engine.initialize()
-        t0 = time.perf_counter()
-        evolve_generation(engine.parent, engine.parent_score, engine.fitness, budget, engine.rng, evo_cfg)
-        out["evolution_generation_s"] = round(time.perf_counter() - t0, 1)
-        out["evolution_generation"] = f"{args.offspring} offspring, schedule {args.schedule}"
+        evaluate_and_search(model, store, fit_tokens, schedule, folder.parent / "run", args, device, out)
     finally:
         if not args.out:
             shutil.rmtree(folder.parent, ignore_errors=True)

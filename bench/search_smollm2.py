@@ -2,7 +2,7 @@
 genome an engine finds at a target sparsity, the evaluations and wall time it took, and the
 WikiText-2 perplexity of both. Prints one JSON object.
 
-    python bench/search_smollm2.py --supernet bench/out/smollm2-with_accumulation \\
+    python -m bench.search_smollm2 --supernet bench/out/smollm2-with_accumulation \\
         [--engine evolution] [--target-sparsity 0.5] [--generations 30] [--eval-tokens 65536]
 """
 
@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:

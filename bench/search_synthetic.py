@@ -1,6 +1,6 @@
 """Search engines against the exact optimum of a separable problem. Prints one JSON object.
 
-    python bench/search_synthetic.py [--seeds 5] [--first-seed 0] [--max-evaluations 3000] [--engines evolution,...]
+    python -m bench.search_synthetic [--seeds 5] [--first-seed 0] [--max-evaluations 3000] [--engines evolution,...]
                                      [--tpe-good-trials N] [--tpe-kernel-floor F]
 
 The problem (noise-free, no torch): 30 layers = 60 units (attention and MLP), 9 levels each
@@ -27,15 +27,13 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-from sparsearch.search.budget import Budget, CostModel  # noqa: E402
-from sparsearch.search.evolution import EvolutionConfig, EvolutionEngine  # noqa: E402
-from sparsearch.search.knapsack import KnapsackAllocation, KnapsackConfig, KnapsackStart, solve  # noqa: E402
-from sparsearch.search.nsga2 import NSGA2Config, NSGA2Engine  # noqa: E402
-from sparsearch.search.space import Level, SearchSpace, Unit  # noqa: E402
-from sparsearch.search.tpe import TPEConfig, TPEEngine  # noqa: E402
-from sparsearch.search.tyr import TyrConfig, TyrEngine  # noqa: E402
+from sparsearch.search.budget import Budget, CostModel
+from sparsearch.search.evolution import EvolutionConfig, EvolutionEngine
+from sparsearch.search.knapsack import KnapsackAllocation, KnapsackConfig, KnapsackStart, solve
+from sparsearch.search.nsga2 import NSGA2Config, NSGA2Engine
+from sparsearch.search.space import Level, SearchSpace, Unit
+from sparsearch.search.tpe import TPEConfig, TPEEngine
+from sparsearch.search.tyr import TyrConfig, TyrEngine
 
 
 class Problem:

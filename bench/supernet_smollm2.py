@@ -1,8 +1,8 @@
 """Supernet benchmark on the default model (SmolLM2-135M): build cost and uniform-allocation
 perplexity, with and without expectation error accumulation. Prints one JSON object.
 
-    python bench/supernet_smollm2.py [--data-dir ../shared/data] [--samples 128] [--seqlen 512]
-                                     [--eval-tokens 65536] [--out bench/out]
+    python -m bench.supernet_smollm2 [--data-dir ../shared/data] [--samples 128] [--seqlen 512]
+                                   [--eval-tokens 65536] [--out bench/out]
 
 Each build runs in its own process so that its peak RSS is its own.
 """
@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def child_build(args) -> dict:
@@ -26,10 +25,10 @@ def child_build(args) -> dict:
 
     from sparsearch.fitness.data import CalibrationConfig, calibration_tokens
     from sparsearch.fitness.schedule import TokenSchedule
-    from sparsearch.search.oneshot import OneShotConfig
     from sparsearch.supernet.build import build_supernet
     from sparsearch.supernet.config import SupernetConfig
     from sparsearch.supernet.models import load_model
+    from sparsearch.launch.config import SearchConfig
     from sparsearch.launch.plan import ModelShape, plan
 
     torch.set_num_threads(args.threads)
@@ -43,8 +42,8 @@ def child_build(args) -> dict:
                            calibration=calib.describe(), progress=False)
     wall = time.perf_counter() - t0
     levels = sorted({len(u["levels"]) for u in store.manifest["units"].values()})
-    planned = plan(ModelShape.from_config(model.config), cfg, samples=args.samples, seqlen=args.seqlen, target=0.5,
-                   schedule=TokenSchedule.parse("darwinlm"), engine="uniform", engine_config=OneShotConfig())
+    planned = plan(ModelShape.from_config(model.config), cfg, samples=args.samples, seqlen=args.seqlen,
+                   schedule=TokenSchedule.parse("darwinlm"), search=SearchConfig(engine="uniform", target_sparsity=0.5))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     disk = store.new_bytes / 2**20
     model_mib = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20

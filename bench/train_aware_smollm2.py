@@ -1,12 +1,12 @@
 """Training-aware selection (DarwinLM) against plain KL selection at equal search time, judged after
 healing, on the default model (SmolLM2-135M). Prints one JSON object (also OUT/train_aware.json).
 
-    python bench/train_aware_smollm2.py --supernet bench/out/v3/smollm2-v2-with_accumulation \\
+    python -m bench.train_aware_smollm2 --supernet bench/out/v3/smollm2-v2-with_accumulation \\
         --kl-run bench/out/end_to_end_v2/0.5/evolution+knapsack \\
         [--schedule 4:256,2:1024:4096,1:2048:8192] [--train-lr 1e-4] [--train-batch-size 1] \\
         [--heal full:200000] [--heal-out bench/out/heal] [--out bench/out/train_aware]
 
-The KL run is a ``sparsearch search`` with evolution (``bench/end_to_end_smollm2.py`` makes it),
+The KL run is a ``sparsearch search`` with evolution (``bench.end_to_end_smollm2`` makes it),
 finished or still running: run both at once to give them the same share of the machine. The
 training-aware run searches with the same engine, start, target, offspring, calibration and seed
 on ``--schedule``, whose stages train every candidate entering them before scoring it; it runs one
@@ -14,7 +14,7 @@ generation per invocation (``--resume --generations g``) until the KL run has fi
 search time (the engine's own clock, from the checkpoint: the start's probes and every
 generation, not the loading) has reached the KL run's. Its first stage does not train, so the
 knapsack probes, and with them the start, are the KL run's. Both best genomes are then healed the same way
-(``bench/heal_smollm2.py``'s rows, under ``--heal-out``, so the KL run's healed row is shared with
+(``bench.heal_smollm2``'s rows, under ``--heal-out``, so the KL run's healed row is shared with
 that benchmark) and scored on WikiText-2 test text. Fitness values of the two runs are not
 comparable (the trained run scores trained copies); perplexity before and after healing is.
 """
@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench.heal_smollm2 import data_configs, heal_row, log
 
-from heal_smollm2 import data_configs, heal_row, log  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def search_seconds(run_dir: Path) -> float:
@@ -42,7 +40,7 @@ def steps(run_dir: Path) -> int:
     return json.loads((run_dir / "checkpoint.json").read_text())["step"]
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser()
     p.add_argument("--supernet", required=True)
     p.add_argument("--kl-run", required=True, help="a finished evolution run on this supernet")
@@ -60,17 +58,15 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--heal-out", default=str(ROOT / "bench" / "out" / "heal"))
     p.add_argument("--out", default=str(ROOT / "bench" / "out" / "train_aware"))
-    args = p.parse_args()
+    return p.parse_args()
 
-    import torch
 
+def train_aware_search(args, kl_run: Path, run: Path, calib) -> None:
+    """The training-aware search, one generation per invocation, until it has searched as long as
+    the (finished) KL run."""
     from sparsearch.launch.cli import main as cli
 
-    torch.set_num_threads(args.threads)
-    kl_run, out = Path(args.kl_run), Path(args.out)
     kl_settings = json.loads((kl_run / "settings.json").read_text())
-    calib, heldout = data_configs(args.data_dir, args.eval_tokens, "text")  # as measured in the README
-    run = out / "run"
     flags = ["search", "--supernet", args.supernet, "--run-dir", str(run), "--engine", kl_settings["engine"],
              "--target-sparsity", str(kl_settings["target_sparsity"]), "--init", args.init, "--offspring", args.offspring,
              "--seed", str(kl_settings["seed"]), "--schedule", args.schedule, "--train-lr", args.train_lr,
@@ -87,15 +83,15 @@ def main() -> None:
         resume = ["--resume"] if (run / "checkpoint.json").is_file() else []
         if cli([*flags, "--generations", str(generations), *resume]):
             raise SystemExit("the training-aware search failed")
-    kl_summary = json.loads((kl_run / "summary.json").read_text())
-    trained_summary = json.loads((run / "summary.json").read_text())
 
-    if args.heal == "none":
-        return
+
+def healed_rows(args, runs: dict[str, Path], calib, heldout) -> dict[str, dict]:
+    """Both best genomes healed the same way (``--heal``), with their searches' numbers."""
     method, tokens = args.heal.split(":")
     heal_out = Path(args.heal_out)
     rows = {}
-    for name, run_dir, summary in (("kl", kl_run, kl_summary), ("train_aware", run, trained_summary)):
+    for name, run_dir in runs.items():
+        summary = json.loads((run_dir / "summary.json").read_text())
         label = f"{method}-{tokens}" if name == "kl" else f"train-aware-{method}-{tokens}-lr{args.heal_lr:g}"
         row = heal_row(run_dir, heal_out / label, method, int(tokens), lr=args.heal_lr,
                        seqlen=args.heal_seqlen, calib=calib, heldout=heldout)
@@ -105,6 +101,23 @@ def main() -> None:
                       "evaluations": summary["evaluations"], "search_s": round(search_seconds(run_dir), 1),
                       "best_genome": summary["best_genome"], "sparsity": round(summary["sparsity"], 4),
                       "wikitext2_ppl_unhealed": round(done["perplexity"]["before"], 2), "healed": row}
+    return rows
+
+
+def main() -> None:
+    args = parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    kl_run, out = Path(args.kl_run), Path(args.out)
+    calib, heldout = data_configs(args.data_dir, args.eval_tokens, "text")  # as measured in the README
+    run = out / "run"
+    train_aware_search(args, kl_run, run, calib)
+    if args.heal == "none":
+        return
+    rows = healed_rows(args, {"kl": kl_run, "train_aware": run}, calib, heldout)
+    kl_summary = json.loads((kl_run / "summary.json").read_text())
     same = rows["kl"]["best_genome"] == rows["train_aware"]["best_genome"]
     report = {"model": kl_summary["model"], "supernet": args.supernet, "train_lr": float(args.train_lr),
               "train_batch_size": int(args.train_batch_size), "heal": args.heal, "eval_tokens": args.eval_tokens,
