@@ -214,20 +214,19 @@ def heal(run_dir: str | Path, out: str | Path, cfg: HealConfig, calib: Calibrati
     the caller's). ``calib``: the training-token source (``samples`` and ``seqlen`` are set from
     ``cfg``). ``heldout``: held-out text whose perplexity is measured before and after. What was
     done and measured is also written to ``RUN/heal.json``.
+
+    The recipe: check the run and the folders (:func:`_check_folders`), load the dense model
+    (:func:`_load_dense`), make the training data (:func:`training_data`), export the student
+    (:func:`student_model`), train it (:func:`_train`: LoRA or every parameter, checkpointed),
+    measure held-out perplexity before and after, then write ``heal.json`` and the export.
     """
-    from sparsearch.launch.pipeline import require_fits
-    from sparsearch.launch.report import SUMMARY, healed_card
+    from sparsearch.launch.report import healed_card
     from sparsearch.supernet.export import save_export
-    from sparsearch.supernet.fingerprint import model_fingerprint
     from sparsearch.supernet.stitch import Stitcher
-    from sparsearch.supernet.store import SupernetStore
 
     started = time.perf_counter()
     run_dir, out = Path(run_dir), Path(out)
-    summary_path = run_dir / SUMMARY
-    if not summary_path.is_file():
-        raise SparsearchError(f"no {SUMMARY} in {run_dir}: run a search first")
-    summary = read_json_object(summary_path, "run summary")
+    summary = _run_summary(run_dir)
     heal_dir = run_dir / HEAL_DIR
     settings = _settings(cfg, summary, calib, dtype, seed)
     finished = _finished(run_dir, out, settings) if resume else None
@@ -236,12 +235,49 @@ def heal(run_dir: str | Path, out: str | Path, cfg: HealConfig, calib: Calibrati
 
         log(f"already healed: {out}")
         return Healed(finished, load_model(str(out))[0])
+    _check_folders(heal_dir, out, settings, resume)
+    store, model, tokenizer = _load_dense(summary, cfg, load)
+    eval_windows = heldout_windows(heldout, tokenizer) if heldout is not None else None
+    atomic_write_json(heal_dir / "settings.json", settings)
+
+    tokens, cache = training_data(heal_dir / "data.safetensors", cfg, calib, model, tokenizer, resume=resume,
+                                  progress=progress, log=log) if cfg.tokens else (None, None)
+    student = student_model(Stitcher(model, store, check_fingerprint=False), summary["best_genome"])
+    teacher = model if cfg.tokens and cache is None else None  # full logits: the dense model stays loaded
+    del model  # otherwise the teacher is no longer needed: its top-k logits are cached
+    before = _perplexity(student, eval_windows, eval_batch_size, "before healing", log)
+    history: list[float] = []
+    seconds = 0.0
+    if cfg.tokens:
+        student, history, seconds = _train(student, teacher, tokens, cache, cfg, heal_dir / CHECKPOINT, seed=seed,
+                                           resume=resume, progress=progress, log=log)
+    after = _perplexity(student, eval_windows, eval_batch_size, None, log)
+    result = _result(run_dir, out, cfg, settings, history, seconds, before, after, student)
+    result["wall_time_s"] = round(time.perf_counter() - started, 2)
+    atomic_write_json(run_dir / HEAL_SUMMARY, result)  # first: a complete export means a finished run
+    save_export(student, tokenizer, out, card=healed_card(summary, result))
+    return Healed(result, student)
+
+
+# -- the recipe's steps -------------------------------------------------------------------------
+def _run_summary(run_dir: Path) -> dict:
+    """The run's ``summary.json``: its best genome, model and supernet."""
+    from sparsearch.launch.report import SUMMARY
+
+    summary_path = run_dir / SUMMARY
+    if not summary_path.is_file():
+        raise SparsearchError(f"no {SUMMARY} in {run_dir}: run a search first")
+    return read_json_object(summary_path, "run summary")
+
+
+def _check_folders(heal_dir: Path, out: Path, settings: dict, resume: bool) -> None:
+    """Refuse a non-empty export folder, a pickled checkpoint, and a started healing run that is
+    not resumed or is resumed under other settings; on resume, remove an interrupted export."""
     if out.exists() and any(out.iterdir()):
         raise SparsearchError(f"export folder {out} exists and is not empty")
     if resume:  # the temporary folder of an export that a kill interrupted
         for stale in out.parent.glob(f".{out.name}.*"):
             shutil.rmtree(stale, ignore_errors=True)
-    ckpt_path = heal_dir / CHECKPOINT
     if resume and (heal_dir / LEGACY_CHECKPOINT).exists():
         raise SparsearchError(f"{heal_dir / LEGACY_CHECKPOINT} is a pickled checkpoint of an older sparsearch, which is "
                               f"never loaded (a pickle can run code); remove {heal_dir} to heal from the start")
@@ -253,63 +289,87 @@ def heal(run_dir: str | Path, out: str | Path, cfg: HealConfig, calib: Calibrati
             changed = sorted(k for k in settings if json.loads(json.dumps(settings[k])) != saved.get(k))
             raise SparsearchError(f"{heal_dir} was started with other settings ({', '.join(changed)}); "
                                   "give the same ones to --resume, or remove the folder")
+
+
+def _load_dense(summary: dict, cfg: HealConfig, load: Callable):
+    """The run's supernet (its files checked) and dense model, which must be the supernet's and
+    fit ``cfg.seqlen``: ``(store, model, tokenizer)``."""
+    from sparsearch.launch.pipeline import require_fits
+    from sparsearch.supernet.fingerprint import model_fingerprint
+    from sparsearch.supernet.store import SupernetStore
+
     store = SupernetStore.open(summary["supernet"])
     store.check_files()
     model, tokenizer = load(summary["model"])
     store.check_model(model_fingerprint(model))
     require_fits(model, seqlens={"seqlen": cfg.seqlen})
-    eval_windows = heldout_windows(heldout, tokenizer) if heldout is not None else None
-    atomic_write_json(heal_dir / "settings.json", settings)
+    return store, model, tokenizer
 
-    tokens, cache = training_data(heal_dir / "data.safetensors", cfg, calib, model, tokenizer, resume=resume,
-                                  progress=progress, log=log) if cfg.tokens else (None, None)
-    stitcher = Stitcher(model, store, check_fingerprint=False)
-    student = student_model(stitcher, summary["best_genome"])
-    if cache is not None or not cfg.tokens:
-        del stitcher, model  # the teacher is no longer needed: its top-k logits are cached
-        teacher = None
-    else:
-        teacher = model
-    before = perplexity(student, eval_windows, batch_size=eval_batch_size) if eval_windows is not None else None
-    if before is not None:
-        log(f"held-out perplexity before healing: {before['perplexity']:.2f}")
 
+def _perplexity(model, windows, batch_size: int, when: str | None, log: Log) -> dict | None:
+    """Held-out perplexity of ``model`` (None without held-out text), logged ``when`` is given."""
+    if windows is None:
+        return None
+    ppl = perplexity(model, windows, batch_size=batch_size)
+    if when:
+        log(f"held-out perplexity {when}: {ppl['perplexity']:.2f}")
+    return ppl
+
+
+def _train(student, teacher, tokens, cache: TeacherCache | None, cfg: HealConfig, ckpt_path: Path, *, seed: int,
+           resume: bool, progress: bool, log: Log):
+    """Distil ``student`` (through LoRA adapters, merged at the end, or every parameter), resumed
+    from ``ckpt_path`` when there is a checkpoint: ``(healed model, loss history, train seconds)``."""
+    trained = student if cfg.full else with_lora(student, cfg, seed)
+    params = [p for p in trained.parameters() if cfg.full or p.requires_grad]
+    trainer = Trainer(trained, params, cfg.train_config, cfg.steps)
     history: list[float] = []
     seconds = 0.0
-    if cfg.tokens:
-        trained = student if cfg.full else with_lora(student, cfg, seed)
-        params = [p for p in trained.parameters() if cfg.full or p.requires_grad]
-        trainer = Trainer(trained, params, cfg.train_config, cfg.steps)
-        if resume and ckpt_path.is_file():
-            history, seconds = _load_checkpoint(ckpt_path, trainer)
-            log(f"resumed at step {trainer.step_index} of {cfg.steps}")
-        device = next(trained.parameters()).device
-        loss_fn = cached_distill_loss(cache) if cache is not None else online_distill_loss(teacher)
-        rows = batch_rows(tokens.shape[0], cfg.batch_size, seed)
-        for _ in range(trainer.step_index * cfg.grad_accum):
-            next(rows)
-        trained.train()
-        step_tokens = cfg.batch_size * cfg.grad_accum * cfg.seqlen
-        bar = tqdm(total=cfg.steps, initial=trainer.step_index, desc=f"heal ({cfg.method})", unit="step",
-                   disable=not progress)
-        while trainer.step_index < cfg.steps:
-            t0 = time.perf_counter()
-            batches = [next(rows) if cache is not None else tokens[next(rows)].to(device) for _ in range(cfg.grad_accum)]
-            history.append(trainer.step(batches, loss_fn))
-            seconds += time.perf_counter() - t0
-            bar.update(1)
-            bar.set_postfix(loss=f"{history[-1]:.4f}", tok_s=f"{step_tokens * len(history) / max(seconds, 1e-9):.0f}")
-            if trainer.step_index % cfg.checkpoint_every == 0 or trainer.step_index == cfg.steps:
-                _save_checkpoint(ckpt_path, trainer, history, seconds)
-        bar.close()
-        trainer.finish()
-        trained.eval()
-        student = trained if cfg.full else trained.merge_and_unload()
-        log(f"healed: {cfg.method}, {cfg.steps} steps, {cfg.steps * step_tokens:,} tokens, distillation loss "
-            f"{history[0]:.4f} -> {history[-1]:.4f}")
+    if resume and ckpt_path.is_file():
+        history, seconds = _load_checkpoint(ckpt_path, trainer)
+        log(f"resumed at step {trainer.step_index} of {cfg.steps}")
+    loss_fn = cached_distill_loss(cache) if cache is not None else online_distill_loss(teacher)
+    seconds = _train_steps(trained, trainer, tokens, cache is not None, loss_fn, cfg, ckpt_path, history, seconds,
+                           seed=seed, progress=progress)
+    trainer.finish()
+    trained.eval()
+    healed = trained if cfg.full else trained.merge_and_unload()
+    step_tokens = cfg.batch_size * cfg.grad_accum * cfg.seqlen
+    log(f"healed: {cfg.method}, {cfg.steps} steps, {cfg.steps * step_tokens:,} tokens, distillation loss "
+        f"{history[0]:.4f} -> {history[-1]:.4f}")
+    return healed, history, seconds
 
-    after = perplexity(student, eval_windows, batch_size=eval_batch_size) if eval_windows is not None else None
-    result = {
+
+def _train_steps(trained, trainer: Trainer, tokens, cached: bool, loss_fn, cfg: HealConfig, ckpt_path: Path,
+                 history: list[float], seconds: float, *, seed: int, progress: bool) -> float:
+    """The optimizer steps from ``trainer.step_index`` to the last, on the seeded batch order (the
+    batches of the steps already taken are skipped); a checkpoint every ``checkpoint_every`` steps
+    and after the last. Appends each step's loss to ``history``; returns the train seconds."""
+    device = next(trained.parameters()).device
+    rows = batch_rows(tokens.shape[0], cfg.batch_size, seed)
+    for _ in range(trainer.step_index * cfg.grad_accum):
+        next(rows)
+    trained.train()
+    step_tokens = cfg.batch_size * cfg.grad_accum * cfg.seqlen
+    bar = tqdm(total=cfg.steps, initial=trainer.step_index, desc=f"heal ({cfg.method})", unit="step",
+               disable=not progress)
+    while trainer.step_index < cfg.steps:
+        t0 = time.perf_counter()
+        batches = [next(rows) if cached else tokens[next(rows)].to(device) for _ in range(cfg.grad_accum)]
+        history.append(trainer.step(batches, loss_fn))
+        seconds += time.perf_counter() - t0
+        bar.update(1)
+        bar.set_postfix(loss=f"{history[-1]:.4f}", tok_s=f"{step_tokens * len(history) / max(seconds, 1e-9):.0f}")
+        if trainer.step_index % cfg.checkpoint_every == 0 or trainer.step_index == cfg.steps:
+            _save_checkpoint(ckpt_path, trainer, history, seconds)
+    bar.close()
+    return seconds
+
+
+def _result(run_dir: Path, out: Path, cfg: HealConfig, settings: dict, history: list[float], seconds: float,
+            before: dict | None, after: dict | None, student) -> dict[str, Any]:
+    """What was done and measured: the body of ``RUN/heal.json`` (without its wall time)."""
+    return {
         "run_dir": str(run_dir.absolute()), "export": str(out.absolute()), "method": cfg.method,
         "settings": settings, "steps": cfg.steps if cfg.tokens else 0,
         "tokens": cfg.steps * cfg.batch_size * cfg.grad_accum * cfg.seqlen if cfg.tokens else 0,
@@ -320,10 +380,6 @@ def heal(run_dir: str | Path, out: str | Path, cfg: HealConfig, calib: Calibrati
                                                    "after": after["perplexity"]},
         "params": sum(p.numel() for p in student.parameters()),
     }
-    result["wall_time_s"] = round(time.perf_counter() - started, 2)
-    atomic_write_json(run_dir / HEAL_SUMMARY, result)  # first: a complete export means a finished run
-    save_export(student, tokenizer, out, card=healed_card(summary, result))
-    return Healed(result, student)
 
 
 def _finished(run_dir: Path, out: Path, settings: dict) -> dict | None:

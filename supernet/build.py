@@ -75,43 +75,50 @@ def build_supernet(
     inputs = capture_inputs(adapter, tokens, cfg.batch_size)
     release_file_pages(model.parameters())  # capturing ran every layer once; each is re-read when built
     hidden = inputs.hidden
-    kv_heads = adapter.shape.num_kv_heads
     bar = tqdm(range(adapter.shape.num_layers), desc="supernet", unit="layer", disable=not progress)
     for i in bar:
-        layer = adapter.layers[i]
         kw = [inputs.kwargs(i, h) for h in hidden]
         if record_inputs is not None:
             record_inputs.append([h.clone() for h in hidden])
-
-        attn, mlp = layer.self_attn, layer.mlp
-        rotary = adapter.rotary_fn(attn)
-        _prune_unit(
-            store,
-            Unit(i, "attn"),
-            attn.o_proj,
-            run=lambda m, b: run_attention(layer, m, hidden[b], kw[b]),
-            dense=attn,
-            hidden=hidden,
-            prune=lambda H: attention_variants(attn, H, kv_heads, cfg.ladder(Unit(i, "attn")), cfg),
-            make_module=lambda v: PrunedAttention(v.tensors, attn, rotary),
-            cfg=cfg,
-        )
-        _prune_unit(
-            store,
-            Unit(i, "mlp"),
-            mlp.down_proj,
-            run=lambda m, b: run_mlp(layer, m, hidden[b]),
-            dense=mlp,
-            hidden=hidden,
-            prune=lambda H: mlp_variants(mlp, H, cfg.ladder(Unit(i, "mlp")), cfg),
-            make_module=lambda v: PrunedMLP(v.tensors, mlp),
-            cfg=cfg,
-        )
-        release_file_pages(layer.parameters())
+        _build_layer(store, adapter, i, hidden, kw, cfg)
+        release_file_pages(adapter.layers[i].parameters())
         bar.set_postfix(stored=f"{store.size_bytes / 2**20:.0f}MiB")
     if not store.manifest.get("complete"):
         store.finish(build_seconds=round(time.perf_counter() - started, 2))
     return store
+
+
+def _build_layer(store: SupernetStore, adapter: DecoderAdapter, i: int, hidden: list[torch.Tensor], kw: list[dict],
+                 cfg: SupernetConfig) -> None:
+    """Decoder layer ``i``: its attention, then its MLP, each pruned at every level of its ladder
+    (unless stored) and passed by ``hidden`` (the calibration stream, advanced in place; ``kw``:
+    each batch's layer keyword arguments)."""
+    layer = adapter.layers[i]
+    attn, mlp = layer.self_attn, layer.mlp
+    rotary = adapter.rotary_fn(attn)
+    kv_heads = adapter.shape.num_kv_heads
+    _prune_unit(
+        store,
+        Unit(i, "attn"),
+        attn.o_proj,
+        run=lambda m, b: run_attention(layer, m, hidden[b], kw[b]),
+        dense=attn,
+        hidden=hidden,
+        prune=lambda H: attention_variants(attn, H, kv_heads, cfg.ladder(Unit(i, "attn")), cfg),
+        make_module=lambda v: PrunedAttention(v.tensors, attn, rotary),
+        cfg=cfg,
+    )
+    _prune_unit(
+        store,
+        Unit(i, "mlp"),
+        mlp.down_proj,
+        run=lambda m, b: run_mlp(layer, m, hidden[b]),
+        dense=mlp,
+        hidden=hidden,
+        prune=lambda H: mlp_variants(mlp, H, cfg.ladder(Unit(i, "mlp")), cfg),
+        make_module=lambda v: PrunedMLP(v.tensors, mlp),
+        cfg=cfg,
+    )
 
 
 def _prune_unit(
