@@ -1,4 +1,4 @@
-"""Held-out perplexity of a run's best and uniform genomes (text never used for fitness or calibration)."""
+"""Held-out perplexity of a run's best, uniform and start genomes (text never used for fitness or calibration)."""
 
 from __future__ import annotations
 
@@ -44,12 +44,16 @@ def heldout_windows(cfg: HeldoutConfig, tokenizer) -> torch.Tensor | None:
 
 
 def heldout_perplexity(cfg: HeldoutConfig, windows: torch.Tensor, stitcher, best: Genome, uniform: Genome,
-                       *, batch_size: int) -> dict[str, Any]:
-    """Perplexity of the ``best`` and the ``uniform`` genome; the model is left stitched to ``best``."""
-    stitcher.apply(best)
-    result = perplexity(stitcher.model, windows, batch_size=batch_size)
-    stitcher.apply(uniform)
-    base = perplexity(stitcher.model, windows, batch_size=batch_size)
-    stitcher.apply(best)
+                       *, batch_size: int, starts: dict[str, Genome] | None = None) -> dict[str, Any]:
+    """Perplexity of the ``best`` and the ``uniform`` genome, and of each of ``starts`` (by name);
+    the model is left stitched to ``best``."""
+    def ppl(genome: Genome) -> dict[str, Any]:
+        stitcher.apply(genome)
+        return perplexity(stitcher.model, windows, batch_size=batch_size)
+
+    base = ppl(uniform)
+    others = {name: ppl(g)["perplexity"] for name, g in (starts or {}).items()}
+    result = ppl(best)
     return {"data": cfg.text, "tokens": result["tokens"], "seqlen": cfg.seqlen,
-            "perplexity": result["perplexity"], "uniform_perplexity": base["perplexity"]}
+            "perplexity": result["perplexity"], "uniform_perplexity": base["perplexity"],
+            "starts_perplexity": others}
