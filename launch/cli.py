@@ -294,8 +294,11 @@ def cmd_eval(o: Resolved) -> int:
     return 0
 
 
-def _search_and_report(o: Resolved, model, tokenizer, store, started: float, *, export: bool) -> int:
+def _search_and_report(o: Resolved, model, tokenizer, store, started: float, *, export: bool, clock=None) -> int:
     from sparsearch.launch import pipeline, report
+    from sparsearch.launch.phases import PhaseClock
+
+    clock = clock or PhaseClock()
     from sparsearch.launch.heldout import heldout_perplexity, heldout_windows
 
     cfg = search_config(o, _log(o))
@@ -306,16 +309,18 @@ def _search_and_report(o: Resolved, model, tokenizer, store, started: float, *, 
         model, tokenizer, store, cfg, fitness=fitness, calib=calibration_config(o),
         supernet_cfg=SupernetConfig.from_dict(store.manifest["config"]), run_dir=run_dir, resume=o.resume,
         model_spec=o.model, cluster=cluster, log=_log(o), progress=not o.quiet, trust_remote_code=o.trust_remote_code,
-        train=o.config(TrainConfig),
+        train=o.config(TrainConfig), clock=clock,
     )
     extra: dict[str, Any] = {"workers": cluster.actors(_accelerators()), "nodes": outcome.nodes,
                              "calibration": calibration_config(o).describe()}
     if windows is not None:
         _log(o)(f"held-out perplexity on {windows.shape[0]} windows of {heldout.text}")
         extra["heldout"] = heldout_perplexity(heldout, windows, outcome.stitcher, outcome.result.best_genome,
-                                              outcome.uniform_genome, batch_size=fitness.batch_size)
+                                              outcome.uniform_genome, batch_size=fitness.batch_size,
+                                              starts={n: tuple(b["genome"]) for n, b in outcome.baselines.items()})
     summary = report.build_summary(outcome, model=o.model, engine=cfg.engine, target_sparsity=cfg.target_sparsity,
                                    wall_time_s=time.perf_counter() - started, extra=extra)
+    summary["timings"] = clock.rounded()
     path = report.write_summary(run_dir, summary)
     report.render(run_dir)
     if export:
@@ -324,8 +329,12 @@ def _search_and_report(o: Resolved, model, tokenizer, store, started: float, *, 
         out = run_dir / "export"
         if out.exists():
             shutil.rmtree(out)
-        report.export_genome(model, tokenizer, summary, summary["best_genome"], out, outcome.space)
+        with clock("export"):
+            report.export_genome(model, tokenizer, summary, summary["best_genome"], out, outcome.space)
         _log(o)(f"exported: {out}")
+        summary["timings"] = clock.rounded()
+        summary["wall_time_s"] = round(time.perf_counter() - started, 3)
+        report.write_summary(run_dir, summary)
     if export and o.heal_tokens:
         from sparsearch.launch.heal import HEALED_EXPORT, HealConfig, heal
 
@@ -381,10 +390,14 @@ def cmd_search(o: Resolved) -> int:
     rundir.claim(o.run_dir, "run directory", "--run-dir")
     store = SupernetStore.open(o.supernet)
     store.check_files()
-    model, tokenizer = _load(o)
+    from sparsearch.launch.phases import PhaseClock
+
+    clock = PhaseClock()
+    with clock("load"):
+        model, tokenizer = _load(o)
     store.check_model(model_fingerprint(model))
     require_fits(model, seqlens=_seqlens(o))
-    return _search_and_report(o, model, tokenizer, store, started, export=False)
+    return _search_and_report(o, model, tokenizer, store, started, export=False, clock=clock)
 
 
 def _run_command_options(o: Options) -> None:
@@ -418,13 +431,17 @@ def cmd_run(o: Resolved) -> int:
     rundir.claim(o.run_dir, "run directory", "--run-dir")
     out = Path(o.supernet) if o.supernet else Path(o.run_dir) / "supernet"
     _claim_supernet(out, "--supernet")
-    model, tokenizer = _load(o)
+    from sparsearch.launch.phases import PhaseClock
+
+    clock = PhaseClock()
+    with clock("load"):
+        model, tokenizer = _load(o)
     require_fits(model, seqlens=_seqlens(o), supernet=o.config(SupernetConfig))
     store = ensure_supernet(model, tokenizer, out, o.config(SupernetConfig), calib, model_name=o.model,
-                            progress=not o.quiet, log=_log(o))
+                            progress=not o.quiet, log=_log(o), clock=clock)
     store.check_files()
     _log(o)(_describe(store))
-    return _search_and_report(o, model, tokenizer, store, started, export=not o.no_export)
+    return _search_and_report(o, model, tokenizer, store, started, export=not o.no_export, clock=clock)
 
 
 def _plan_options(o: Options) -> None:

@@ -92,6 +92,11 @@ def test_supernet_eval_and_run_on_tiny_model(capsys, tmp_path, model_dir):
     assert 0 < summary["fitness"]["kl"] <= summary["uniform"]["kl"] and len(summary["per_layer"]) == 2
     assert summary["sparsity"] == pytest.approx(0.25, abs=0.1)
     assert (run / "history.jsonl").read_text().count("\n") == 3
+    # wall time per phase: each one the run went through, exclusive, adding up to at most the wall time
+    timings = summary["timings"]
+    assert {"load", "sampling", "teacher", "probes", "search", "selection", "export"} <= set(timings)
+    assert "build" not in timings  # the supernet was given, finished
+    assert all(t >= 0 for t in timings.values()) and sum(timings.values()) <= summary["wall_time_s"] + 0.5
     assert (run / "sparsity.png").is_file() and (run / "fitness.png").is_file()
     (run / "sparsity.png").unlink()
     assert main(["report", "--run-dir", str(run)]) == 0
@@ -108,6 +113,8 @@ def test_supernet_eval_and_run_on_tiny_model(capsys, tmp_path, model_dir):
     heldout = summary["heldout"]
     assert heldout["tokens"] == exported["tokens"] and heldout["perplexity"] == pytest.approx(exported["perplexity"], rel=1e-4)
     assert heldout["uniform_perplexity"] > 1.0 and "Held-out perplexity" in card
+    assert set(heldout["starts_perplexity"]) == set(summary["baselines"]) == {"knapsack"}  # the default start
+    assert heldout["starts_perplexity"]["knapsack"] > 1.0
     assert main(["export", "--run-dir", str(run), "--out", str(tmp_path / "again"), "--quiet"]) == 0
     assert (tmp_path / "again" / "model.safetensors").read_bytes() == (run / "export" / "model.safetensors").read_bytes()
     code = main(["export", "--run-dir", str(run), "--out", str(tmp_path / "bad"), "--genome", "pareto:5"])
