@@ -10,14 +10,14 @@ Budget handling (``budget_mode``):
   scored genome is the deterministic, budget-spending map of :mod:`sparsearch.search.preference`
   (every unit at the level nearest its preference plus one common shift). Every sampled point is
   a genome in the band. The study is told the scored genome's own level sparsities (the sampled
-  trial, when they differ, is marked failed, which TPE ignores): many sampled points map to one
+  trial, when they differ, is superseded, which TPE ignores): many sampled points map to one
   genome, and telling that genome's canonical point lets TPE's good set hold genomes, not one of
   many points that stand for each. It learns which units to make sparser than others; the
   budget sets the level.
 - ``repair``: one integer parameter per unit (its level); the sampled genome is repaired into the
   band by random single-level moves and the repaired genome is scored. The study is told what was
   scored: the repaired genome is added as a complete trial with its score (the sampled trial, if it
-  differs, is marked failed, which TPE ignores). In tens of dimensions almost no independently
+  differs, is superseded, which TPE ignores). In tens of dimensions almost no independently
   sampled genome lands in a 1% cost band, so the repair moves many units at random and TPE learns
   slowly (``bench/search_synthetic.py``).
 - ``constraint``: integer levels; both sides of the band are Optuna constraints
@@ -66,8 +66,13 @@ best score is biased low by selection).
 Exact resume: each step's sampler is seeded from the run seed and the step number, and every
 trial records its step. A resumed step whose scored trial is already in the study (the driver died
 after telling, before its checkpoint) is replayed from the study; a trial left running (the
-driver died during ask or the evaluation) is marked failed and the step asks again, drawing the
-same parameters, since failed trials do not enter TPE's model.
+driver died during ask or the evaluation) is superseded and the step asks again, drawing the
+same parameters, since superseded trials do not enter TPE's model.
+
+A superseded trial is marked ``PRUNED`` with the user attribute ``reason`` (``"superseded: ..."``),
+so that a dashboard of the study (optuna-dashboard) shows why it has no value; the sampler leaves
+every pruned trial out of its model (the engine prunes no other trial), which keeps it the model
+of the scored trials alone (Optuna's TPE would otherwise count pruned trials as bad ones).
 """
 
 from __future__ import annotations
@@ -288,6 +293,37 @@ class _KnownSpaceTPESampler(optuna.samplers.TPESampler):
     def infer_relative_search_space(self, study, trial) -> dict[str, BaseDistribution]:
         return dict(self._known_space)
 
+    def sample_relative(self, study, trial, search_space):
+        return super().sample_relative(_ScoredTrials(study), trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return super().sample_independent(_ScoredTrials(study), trial, param_name, param_distribution)
+
+
+class _ScoredTrials:
+    """A study as the sampler sees it: its superseded (pruned) trials left out, as Optuna's TPE
+    would otherwise count them among the bad trials."""
+
+    def __init__(self, study: optuna.Study):
+        self._study = study
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(self, deepcopy: bool = True, states=None, use_cache: bool = False):
+        trials = self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
+        return [t for t in trials if t.state != TrialState.PRUNED]
+
+
+REASON = "reason"  # the user attribute that says why a trial was superseded
+
+
+def _supersede(study: optuna.Study, trial: "optuna.Trial | optuna.trial.FrozenTrial", reason: str) -> None:
+    """End ``trial`` as ``PRUNED`` with ``reason`` (``"superseded: ..."``) as its user attribute."""
+    live = trial if isinstance(trial, optuna.Trial) else optuna.Trial(study, trial._trial_id)
+    live.set_user_attr(REASON, f"superseded: {reason}")
+    study.tell(live, state=TrialState.PRUNED)
+
 
 def _heal_journal(path: Path) -> None:
     """Cut a torn last line (a write cut by a kill) so that later appends stay readable. A journal
@@ -403,8 +439,9 @@ class TPEEngine(Engine):
 
     def step(self) -> dict[str, Any]:
         told = self._step_trials((TrialState.COMPLETE,))
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            self.study.tell(t.number, state=TrialState.FAIL)  # left by a killed driver: asked again below
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # left by a killed driver
+            _supersede(self.study, t, f"left running by an interrupted run; step {t.user_attrs.get('step')} was "
+                                      "asked again")
         if told:  # scored and told before a kill, not yet checkpointed: replay it
             genome = self._genome(tuple(told[0].user_attrs["sampled"]), start=self.step_index == 0)
             return self._record(genome, told[0].value)
@@ -442,12 +479,14 @@ class TPEEngine(Engine):
                 params={u.name: x for u, x in zip(self.space.units, params)}, distributions=self._distributions,
                 value=value, user_attrs=attrs, constraints=constraints))
             if trial is not None:
-                self.study.tell(trial, state=TrialState.FAIL)
+                how = "its budget map" if self.config.budget_mode == "shift" else "the repair into the budget band"
+                _supersede(self.study, trial, f"step {self.step_index} scored the genome that {how} gave for these "
+                                              "parameters, told as its own complete trial")
         return self._record(genome, value)
 
     def _record(self, genome: Genome, value: float) -> dict[str, Any]:
         # the study's trial of this step carries the user attribute step (trial numbers also count
-        # the failed trials of interrupted asks, so they are not part of the record)
+        # the superseded trials, so they are not part of the record)
         record: dict[str, Any] = {"value": value}
         if not self.budget.feasible(genome):
             record["infeasible"] = True
