@@ -179,22 +179,7 @@ class Engine(abc.ABC):
         self.files.save_settings({"engine": self.name, "seed": self.seed, **settings})
         checkpoint = self.files.load_checkpoint(self.name, self.seed) if resume else None
         if checkpoint is not None:
-            self.step_index = checkpoint["step"]
-            self.start_scores = checkpoint.get("start_scores", {})
-            self.starts = {name: tuple(g) for name, g in checkpoint.get("starts", {}).items()}
-            self.candidates = checkpoint.get("candidates", [])
-            self.since_improved = checkpoint.get("since_improved", 0)
-            try:
-                set_rng_state(self.rng, checkpoint["rng"])
-                for g in self.starts.values():
-                    self.space.validate(g)
-                self.set_state(checkpoint["state"])
-            except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
-                raise SparsearchError(f"checkpoint {self.files.dir / 'checkpoint.json'} does not fit this run "
-                                      f"({type(e).__name__}: {e}); start a new run without --resume") from None
-            self.files.truncate_history(self.step_index)
-            elapsed = checkpoint.get("wall_time_s", 0.0)
-            self.log(f"{self.name}: resumed at step {self.step_index} ({self.evaluations} evaluations done)")
+            elapsed = self._restore(checkpoint)
         else:
             elapsed = 0.0
             self._score_starts()
@@ -215,18 +200,44 @@ class Engine(abc.ABC):
             self._checkpoint(elapsed + time.perf_counter() - started)
             self.log(self.describe(record))
         self.finish()
-        best_genome, best_fit = self.best()
-        validation = None
-        if self.validating:
-            self._candidate("final", best_genome)
-            chosen = min(self.candidates, key=lambda c: c["kl"])  # the first on ties
-            validation = {"candidates": self.candidates, "chosen": chosen["name"]}
-            if tuple(chosen["genome"]) != best_genome:
-                best_genome = tuple(chosen["genome"])
-                best_fit = self.fitness.evaluate([best_genome], self.final_stage)[0]
-            self.log(f"{self.name}: chose {chosen['name']} (validation {chosen['kl']:.5f})")
+        best_genome, best_fit, validation = self._result_genome()
         return Result(best_genome, best_fit, self.evaluations, round(elapsed + time.perf_counter() - started, 3),
                       self.pareto(), dict(self.start_scores), validation)
+
+    def _restore(self, checkpoint: dict[str, Any]) -> float:
+        """Continue from ``checkpoint`` (the step, starts, candidates, rng and engine state; the
+        history after its step is cut); returns the run's wall time before it."""
+        self.step_index = checkpoint["step"]
+        self.start_scores = checkpoint.get("start_scores", {})
+        self.starts = {name: tuple(g) for name, g in checkpoint.get("starts", {}).items()}
+        self.candidates = checkpoint.get("candidates", [])
+        self.since_improved = checkpoint.get("since_improved", 0)
+        try:
+            set_rng_state(self.rng, checkpoint["rng"])
+            for g in self.starts.values():
+                self.space.validate(g)
+            self.set_state(checkpoint["state"])
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+            raise SparsearchError(f"checkpoint {self.files.dir / 'checkpoint.json'} does not fit this run "
+                                  f"({type(e).__name__}: {e}); start a new run without --resume") from None
+        self.files.truncate_history(self.step_index)
+        self.log(f"{self.name}: resumed at step {self.step_index} ({self.evaluations} evaluations done)")
+        return checkpoint.get("wall_time_s", 0.0)
+
+    def _result_genome(self) -> tuple[Genome, float, dict[str, Any] | None]:
+        """The run's result: the engine's best, or with a validation split the validation-best
+        candidate (scored on the final stage) and the candidates' record."""
+        best_genome, best_fit = self.best()
+        if not self.validating:
+            return best_genome, best_fit, None
+        self._candidate("final", best_genome)
+        chosen = min(self.candidates, key=lambda c: c["kl"])  # the first on ties
+        validation = {"candidates": self.candidates, "chosen": chosen["name"]}
+        if tuple(chosen["genome"]) != best_genome:
+            best_genome = tuple(chosen["genome"])
+            best_fit = self.fitness.evaluate([best_genome], self.final_stage)[0]
+        self.log(f"{self.name}: chose {chosen['name']} (validation {chosen['kl']:.5f})")
+        return best_genome, best_fit, validation
 
     # -- choosing on validation ----------------------------------------------------------------
     @property
