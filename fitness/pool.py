@@ -15,9 +15,11 @@ Call order::
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from sparsearch.base.errors import SparsearchError
 from sparsearch.search.space import Genome
 
 
@@ -85,20 +87,72 @@ class InProcessPool:
 
 
 class _Actor:
+    """One evaluator on a Ray worker. The constructor does nothing, so that an actor answers
+    :meth:`where` as soon as it is placed; the model loads in :meth:`load` (or the first evaluation)."""
+
     def __init__(self, spec: EvaluatorSpec):
-        self.evaluator = build_evaluator(spec)
+        self.spec = spec
+        self.evaluator = None
+
+    def where(self) -> dict[str, Any]:
+        """The node, host, resources and GPU ids Ray gave this actor."""
+        import socket
+
+        import ray
+
+        ctx = ray.get_runtime_context()
+        held = ctx.get_assigned_resources()
+        return {"node": ctx.get_node_id(), "host": socket.gethostname(), "gpus": _number(held.get("GPU", 0)),
+                "cpus": _number(held.get("CPU", 0)), "gpu_ids": [str(i) for i in ray.get_gpu_ids()]}
+
+    def load(self) -> str:
+        """Build the evaluator (once); returns the torch device it runs on."""
+        if self.evaluator is None:
+            self.evaluator = build_evaluator(self.spec)
+        return str(next(self.evaluator.model.parameters()).device)
 
     def evaluate(self, genome: list[int], stage: int, sample: int, base: list[int] | None = None) -> tuple[float, str]:
         import ray
 
+        self.load()
         base = tuple(base) if base is not None else None
         return self.evaluator.evaluate(tuple(genome), stage, sample, base), ray.get_runtime_context().get_node_id()
 
 
-class RayPool:
-    """``workers`` Ray actors, each with ``num_gpus`` GPUs and ``num_cpus`` CPUs."""
+def _number(x: float) -> float | int:
+    return int(x) if float(x).is_integer() else round(float(x), 4)
 
-    def __init__(self, spec: EvaluatorSpec, workers: int, *, num_gpus: float = 0, num_cpus: float = 1):
+
+def _cause(e: BaseException) -> str:
+    """One line for a Ray actor or task error: the original exception's last line when it has one."""
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, BaseException) and not isinstance(cause, type(e)):
+        e = cause
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b[^:]*: ", line):
+            return line
+    return " ".join(lines) or type(e).__name__
+
+
+def _hint(text: str) -> str:
+    if "No module named 'sparsearch'" in text:
+        return (text + " (the Python that runs `ray start` on that node lacks the project: start Ray from its "
+                "virtual environment, see launch/cluster.yaml)")
+    return text
+
+
+class RayPool:
+    """``workers`` Ray actors, each with ``num_gpus`` GPUs and ``num_cpus`` CPUs.
+
+    Every actor must be placed on the cluster (answer :meth:`_Actor.where`) within ``timeout``
+    seconds, at the start and when it replaces a dead one, else :class:`SparsearchError` names what
+    was asked and what is free. A genome whose evaluation kills its actor is evaluated again on a
+    new actor, at most ``retries`` times. :attr:`placed` says where each actor runs (node, host,
+    GPUs, CPUs, GPU ids, torch device)."""
+
+    def __init__(self, spec: EvaluatorSpec, workers: int, *, num_gpus: float = 0, num_cpus: float = 1,
+                 timeout: float = 120.0, retries: int = 3):
         import ray
 
         if not ray.is_initialized():
@@ -106,15 +160,63 @@ class RayPool:
         self.spec = spec
         self.survivors = tuple(s[0] for s in spec.schedule)
         self.validates = spec.validation_tokens is not None
+        self.num_gpus, self.num_cpus, self.timeout, self.retries = num_gpus, num_cpus, timeout, retries
         self._cls = ray.remote(num_gpus=num_gpus, num_cpus=num_cpus, max_restarts=0)(_Actor)
-        self.actors = [self._cls.remote(spec) for _ in range(workers)]
+        self.actors, self.placed = self._place(workers)
         self.nodes: list[str] = []  # node id of every finished evaluation, in completion order
         self.replaced = 0
+        try:
+            for slot, device in enumerate(self._get([a.load.remote() for a in self.actors], "load the model")):
+                self.placed[slot]["device"] = device
+        except BaseException:
+            self.close()
+            raise
+
+    def _each(self) -> str:
+        parts = [f"{_number(self.num_gpus)} GPU" if self.num_gpus else "", f"{_number(self.num_cpus)} CPU"
+                 if self.num_cpus else ""]
+        return " and ".join(p for p in parts if p) or "no resources"
+
+    def _place(self, count: int) -> tuple[list[Any], list[dict[str, Any]]]:
+        """``count`` new actors and where they run, once all are placed (or an error line)."""
+        import ray
+
+        actors = [self._cls.remote(self.spec) for _ in range(count)]
+        refs = [a.where.remote() for a in actors]
+        try:
+            _, pending = ray.wait(refs, num_returns=len(refs), timeout=self.timeout)
+            if pending:
+                free, total = ray.available_resources(), ray.cluster_resources()
+                have = ", ".join(f"{_number(free.get(k, 0))} of {_number(total.get(k, 0))} {k}s free"
+                                 for k in ("GPU", "CPU"))
+                raise SparsearchError(
+                    f"{len(pending)} of {count} evaluator actors of {self._each()} each were not placed within "
+                    f"{self.timeout:g} s ({have} on the cluster after the others started): lower --workers or "
+                    "--worker-gpus/--worker-cpus, add nodes, or wait longer with --worker-timeout")
+            return actors, self._get(refs, "start")
+        except BaseException:
+            for a in actors:
+                ray.kill(a)
+            raise
+
+    def _get(self, refs: list[Any], what: str) -> list[Any]:
+        """``ray.get(refs)``; an actor that fails to start, or a SparsearchError in it, is one line."""
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        try:
+            return ray.get(refs)
+        except RayActorError as e:
+            raise SparsearchError(f"an evaluator actor died before it could {what}: {_hint(_cause(e))}") from None
+        except RayTaskError as e:
+            if isinstance(e.cause, SparsearchError):
+                raise SparsearchError(f"evaluator actor: {_hint(_cause(e))}") from None
+            raise
 
     def evaluate_many(self, genomes: Sequence[Genome], stage: int,
                       on_result: Callable[[int, float], None] | None = None, sample: int = 0) -> list[float]:
         import ray
-        from ray.exceptions import RayActorError
+        from ray.exceptions import RayActorError, RayTaskError
 
         from sparsearch.fitness.prefix import choose_base
 
@@ -125,6 +227,7 @@ class RayPool:
         base = None if trains else choose_base([tuple(g) for g in genomes])
         base = list(base) if base is not None else None
         scores: list[float | None] = [None] * len(genomes)
+        deaths = [0] * len(genomes)
         todo = list(range(len(genomes)))
         running: dict[Any, tuple[int, int]] = {}  # ref -> (genome index, actor slot)
         idle = list(range(len(self.actors)))
@@ -137,8 +240,17 @@ class RayPool:
             i, slot = running.pop(ref)
             try:
                 score, node = ray.get(ref)
-            except RayActorError:  # the actor died: replace it and evaluate the genome again
-                self.actors[slot] = self._cls.remote(self.spec)
+            except RayTaskError as e:  # the evaluation raised (a replacement's model failed to load, ...)
+                if isinstance(e.cause, SparsearchError):
+                    raise SparsearchError(f"evaluator actor: {_hint(_cause(e))}") from None
+                raise
+            except RayActorError as e:  # the actor died: replace it and evaluate the genome again
+                deaths[i] += 1
+                if deaths[i] > self.retries:
+                    raise SparsearchError(f"evaluator actors died {deaths[i]} times evaluating one genome (the last: "
+                                          f"{_hint(_cause(e))}); see the Ray logs of node {self.placed[slot]['host']}"
+                                          ) from None
+                [self.actors[slot]], [self.placed[slot]] = self._place(1)
                 self.replaced += 1
                 todo.insert(0, i)
                 idle.append(slot)
