@@ -1,16 +1,17 @@
-"""The fitness of a supernet, in this process or on a Ray actor pool, as the search engines see it."""
+"""The fitness of a supernet, in this process or on a Ray actor pool, as the search engines see it,
+and where it ran (:func:`where_ran`: the ``cluster`` block of a run's summary)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
 from sparsearch.fitness.config import FitnessConfig, TrainConfig
 from sparsearch.fitness.evaluator import Evaluator
 from sparsearch.fitness.teacher import TeacherCache
-from sparsearch.launch.cluster import ClusterConfig, connect
+from sparsearch.launch.cluster import ClusterConfig, Placement, device_entry, place
 from sparsearch.launch.tokens import FILES
 from sparsearch.base.settings import as_dict
 from sparsearch.search.fitness import Fitness
@@ -56,14 +57,23 @@ class FitnessFactory:
         self.seed = seed
         self.accelerators = torch.accelerator.device_count() if torch.accelerator.is_available() else 0
         self.teacher: TeacherCache | None = None
+        self._placement: Placement | None = None
 
     @property
     def distributed(self) -> bool:
         return self.cluster.distributed(self.accelerators)
 
     @property
+    def placement(self) -> Placement | None:
+        """The evaluator actors' count and resources, read from the cluster once (:func:`place`;
+        ``None``: in process). Later supernets of the run (Týr's rounds) reuse it."""
+        if self._placement is None and self.distributed:
+            self._placement = place(self.cluster, self.accelerators)
+        return self._placement
+
+    @property
     def workers(self) -> int:
-        return self.cluster.actors(self.accelerators)
+        return self.placement.actors if self.distributed else 1
 
     def open(self, store: SupernetStore) -> OpenFitness:
         schedule = self.fitness.token_schedule
@@ -72,19 +82,44 @@ class FitnessFactory:
                               batch_size=self.fitness.batch_size, train=self.train, train_tokens=self.train_tokens,
                               seed=self.seed, teacher=self.teacher, validation_tokens=self.validation_tokens)
             self.teacher = ev.teacher
+            _record(self.run_dir, [device_entry(self._device, cpus=torch.get_num_threads())], self._device)
             return ev
         from sparsearch.fitness.pool import EvaluatorSpec, RayPool
 
-        connect(self.cluster.address, num_cpus=self.workers)
+        placement = self.placement
         dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")  # the actors load what we run
         files = {split: str(self.run_dir / name) for split, name in FILES.items()}
         spec = EvaluatorSpec(model=self.model_spec, supernet=str(store.path), tokens=files["fitness"],
                              dtype=dtype, trust_remote_code=self.trust_remote_code,
                              schedule=tuple((s.survivors, s.tokens, s.train_tokens) for s in schedule.stages),
-                             topk=self.fitness.topk, batch_size=self.fitness.batch_size, seed=self.seed, threads=1,
-                             train=as_dict(self.train),
+                             topk=self.fitness.topk, batch_size=self.fitness.batch_size, seed=self.seed,
+                             threads=placement.threads, train=as_dict(self.train),
                              train_tokens=files["training"] if self.train_tokens is not None else None,
                              validation_tokens=files["validation"] if self.validation_tokens is not None else None)
-        # Ray's GPU resource counts CUDA devices; other accelerators run their actors on CPU slots
-        gpus = 1 if self.accelerators and torch.accelerator.current_accelerator().type == "cuda" else 0
-        return RayPool(spec, self.workers, num_gpus=gpus, num_cpus=0 if gpus else 1)
+        # an actor's device is its own node's: the GPU Ray gave it, else its CPU (EvaluatorSpec.device "auto")
+        pool = RayPool(spec, placement.actors, num_gpus=placement.gpus, num_cpus=placement.cpus,
+                       timeout=placement.timeout)
+        _record(self.run_dir, pool.placed, self._device)
+        return pool
+
+    @property
+    def _device(self):
+        return next(self.model.parameters()).device
+
+
+_WHERE: dict[str, dict[str, Any]] = {}  # run directory -> where its last opened fitness runs
+
+
+def _record(run_dir: Path, workers: list[dict[str, Any]], build_device) -> None:
+    # the pool's own list: an actor that replaces a dead one is seen here too
+    _WHERE[str(Path(run_dir).absolute())] = {"workers": workers, "build": device_entry(build_device)}
+
+
+def where_ran(run_dir: Path | str) -> dict[str, Any] | None:
+    """Where the fitness of the search in ``run_dir`` (in this process) ran, for its summary:
+    ``{"workers": [{"node", "gpus", "cpus", ...}], "build": {"node", "gpus", "device"}}``, one
+    entry per evaluator (the Ray actors, with their host, GPU ids and torch device; or this
+    process), and the process that builds the run's supernets (the driver). ``node`` is a Ray
+    node id, or the host name where no Ray runs. ``None`` before the search opened its fitness."""
+    found = _WHERE.get(str(Path(run_dir).absolute()))
+    return None if found is None else {"workers": [dict(w) for w in found["workers"]], "build": dict(found["build"])}
