@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 from sparsearch.base import rundir
 from sparsearch.fitness.config import FitnessConfig, TrainConfig
 from sparsearch.fitness.data import CalibrationConfig
-from sparsearch.launch.cluster import ClusterConfig
+from sparsearch.launch.cluster import ClusterConfig, place
 from sparsearch.launch.config import SearchConfig
 from sparsearch.launch import inputs
 from sparsearch.launch.heldout import HeldoutConfig
@@ -296,6 +296,7 @@ def cmd_eval(o: Resolved) -> int:
 
 def _search_and_report(o: Resolved, model, tokenizer, store, started: float, *, export: bool, clock=None) -> int:
     from sparsearch.launch import pipeline, report
+    from sparsearch.launch.evaluators import where_ran
     from sparsearch.launch.phases import PhaseClock
 
     clock = clock or PhaseClock()
@@ -311,7 +312,8 @@ def _search_and_report(o: Resolved, model, tokenizer, store, started: float, *, 
         model_spec=o.model, cluster=cluster, log=_log(o), progress=not o.quiet, trust_remote_code=o.trust_remote_code,
         train=o.config(TrainConfig), clock=clock,
     )
-    extra: dict[str, Any] = {"workers": cluster.actors(_accelerators()), "nodes": outcome.nodes,
+    where = where_ran(run_dir)  # each evaluator's node, GPUs and CPUs, and the supernet builder's
+    extra: dict[str, Any] = {"workers": len(where["workers"]), "nodes": outcome.nodes, "cluster": where,
                              "calibration": calibration_config(o).describe()}
     if windows is not None:
         _log(o)(f"held-out perplexity on {windows.shape[0]} windows of {heldout.text}")
@@ -360,12 +362,6 @@ def _seqlens(o: Resolved) -> dict[str, int]:
     return {"calib_seqlen": calibration_config(o).seqlen} | ({"eval_seqlen": heldout.seqlen} if heldout.text else {})
 
 
-def _accelerators() -> int:
-    import torch
-
-    return torch.accelerator.device_count() if torch.accelerator.is_available() else 0
-
-
 def _search_command_options(o: Options) -> None:
     _model_options(o)
     o.add("--supernet", required=True, metavar="DIR", help="a finished supernet of --model")
@@ -387,6 +383,7 @@ def cmd_search(o: Resolved) -> int:
     _check_files(o.eval_text)
     _device(o.device)
     inputs.probe_storage(o.values)
+    place(o.config(ClusterConfig))  # the cluster can hold the evaluators, before the run directory is written
     rundir.claim(o.run_dir, "run directory", "--run-dir")
     store = SupernetStore.open(o.supernet)
     store.check_files()
@@ -428,6 +425,7 @@ def cmd_run(o: Resolved) -> int:
     calib = calibration_config(o)
     _check_files(calib.location if calib.source == "text" else None, o.eval_text)
     inputs.probe_storage(o.values)
+    place(o.config(ClusterConfig))  # the cluster can hold the evaluators, before the run directory is written
     rundir.claim(o.run_dir, "run directory", "--run-dir")
     out = Path(o.supernet) if o.supernet else Path(o.run_dir) / "supernet"
     _claim_supernet(out, "--supernet")
