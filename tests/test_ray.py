@@ -1,6 +1,13 @@
 """The Ray evaluator pool: same scores as in process, actor death survived, two nodes used,
-cluster-launcher configs valid. Starts small local Ray instances (RAY_AUTH_MODE=disabled)."""
+cluster-launcher configs valid; evaluators placed from the cluster's resources, not the driver's
+(a head with declared GPUs on this CPU machine), and refused or timed out in one line when the
+cluster cannot hold them. Starts small local Ray instances (RAY_AUTH_MODE=disabled)."""
 
+import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +18,7 @@ from safetensors.torch import save_file
 ray = pytest.importorskip("ray")
 
 from tests.helpers.tiny import tiny_model, tiny_tokenizer  # noqa: E402
+from sparsearch.base.errors import SparsearchError  # noqa: E402
 from sparsearch.fitness.pool import EvaluatorSpec, InProcessPool, RayPool  # noqa: E402
 from sparsearch.search.budget import Budget, CostModel  # noqa: E402
 from sparsearch.search.evolution import EvolutionConfig, EvolutionEngine  # noqa: E402
@@ -105,6 +113,42 @@ def test_an_actors_evaluator_trains_on_the_specs_training_tokens(spec, tmp_path)
     assert pool.evaluate_many([genome], 1)[0] != pytest.approx(untrained, rel=1e-4)
 
 
+def test_an_actor_the_cluster_cannot_place_times_out_in_one_line(spec, local_ray):
+    started = time.monotonic()
+    with pytest.raises(SparsearchError, match=r"1 of 1 evaluator actors of 1 GPU and 1 CPU each were not placed "
+                                              r"within 1 s \(0 of 0 GPUs free"):
+        RayPool(spec, 1, num_gpus=1, num_cpus=1, timeout=1)
+    assert time.monotonic() - started < 30
+
+
+def test_an_actor_that_cannot_load_its_supernet_is_one_line(spec, local_ray, tmp_path):
+    import dataclasses
+
+    missing = dataclasses.replace(spec, supernet=str(tmp_path / "nowhere"))
+    with pytest.raises(SparsearchError, match=r"^evaluator actor: no supernet at .*nowhere \(missing manifest.json\)$"):
+        RayPool(missing, 1, num_cpus=1)
+
+
+def test_an_actor_that_dies_on_every_evaluation_stops_the_pool(spec, local_ray, monkeypatch):
+    import sparsearch.fitness.pool as pool_module
+
+    class Dying(pool_module._Actor):  # a local class: Ray ships it by value
+        def load(self):
+            return "cpu"
+
+        def evaluate(self, *args):
+            os._exit(1)
+
+    monkeypatch.setattr(pool_module, "_Actor", Dying)
+    pool = RayPool(spec, 1, num_cpus=1, retries=1)
+    try:
+        with pytest.raises(SparsearchError, match="evaluator actors died 2 times evaluating one genome"):
+            pool.evaluate_many([(0,) * 4], 0)
+        assert pool.replaced == 1
+    finally:
+        pool.close()
+
+
 @pytest.mark.slow  # starts a second Ray node (about 3 minutes on 2 cores)
 def test_two_node_cluster_runs_evaluations_on_both_nodes(spec, tmp_path):
     from ray.cluster_utils import Cluster
@@ -136,3 +180,134 @@ def test_cluster_launcher_configs_are_valid(name):
     mounts = config["file_mounts"]
     assert "." in mounts.values()  # the project travels to every node
     assert any("pip install" in c and "-e ." in c for c in config["setup_commands"])
+
+
+def test_the_venv_is_activated_before_debians_non_interactive_guard(tmp_path):
+    """The setup line puts the activation first in ~/.bashrc (an old line after the guard goes):
+    a non-interactive shell that reads ~/.bashrc (`ssh host cmd`) gets the venv; twice is once.
+    Ray starts from the venv, so its workers and Ray Jobs inherit it in any shell."""
+    for name in ("cluster.yaml", "local-cluster.yaml"):
+        config = yaml.safe_load((ROOT / "launch" / name).read_text())
+        home = tmp_path / name
+        (home / "sparsearch-venv" / "bin").mkdir(parents=True)
+        (home / "sparsearch-venv" / "bin" / "activate").write_text("export IN_SPARSEARCH_VENV=1\n")
+        debian = 'case $- in\n    *i*) ;;\n      *) return;;\nesac\nHISTSIZE=1000\n'
+        (home / ".bashrc").write_text(debian + "source ~/sparsearch-venv/bin/activate\n")  # the old setup's line
+        setup = next(c for c in config["setup_commands"] if ".bashrc" in c)
+        env = {"HOME": str(home), "PATH": os.environ["PATH"]}
+        for _ in range(2):
+            subprocess.run(["bash", "-c", setup], env=env, check=True)
+        rc = (home / ".bashrc").read_text()
+        assert rc.count("sparsearch-venv/bin/activate") == 1 and rc.endswith(debian), rc
+        shell = subprocess.run(["bash", "-c", "source ~/.bashrc; echo ${IN_SPARSEARCH_VENV:-none}"], env=env,
+                               capture_output=True, text=True, check=True)
+        assert shell.stdout.strip() == "1"
+        for cmd in config["head_start_ray_commands"] + config["worker_start_ray_commands"]:
+            assert cmd.startswith(("source ~/sparsearch-venv/bin/activate && ray ", "~/sparsearch-venv/bin/ray ")), cmd
+
+
+# -- a cluster with GPUs, a driver without -------------------------------------------------------
+HOLDER = """
+import sys, ray
+ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, object_store_memory=80 * 2**20, log_to_driver=False)
+print(ray.get_runtime_context().gcs_address, flush=True)
+sys.stdin.read()  # until the test closes it
+ray.shutdown()
+"""
+
+
+@pytest.fixture(scope="module")
+def gpu_cluster():
+    """The address of a Ray instance that declares 2 GPUs and 2 CPUs on this CPU machine (its own
+    process: closing its stdin shuts it down, and nothing else's Ray)."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
+    try:
+        address = holder.stdout.readline().strip()
+        assert address, "the Ray instance did not start"
+        yield address
+    finally:
+        holder.stdin.close()
+        try:
+            holder.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            holder.kill()
+
+
+def _driver(*args, timeout=300) -> subprocess.CompletedProcess:
+    """The command line as a driver with no GPU of its own sees it."""
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", TRANSFORMERS_VERBOSITY="error")
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def tiny_supernet(model_dir, tmp_path_factory):
+    from sparsearch.launch.cli import main
+
+    sn = tmp_path_factory.mktemp("gpu") / "sn"
+    assert main(["supernet", "--model", str(model_dir / "model"), "--out", str(sn), "--calib-text",
+                 str(model_dir / "text.txt"), "--calib-samples", "4", "--calib-seqlen", "32", "--mlp-alignment", "8",
+                 "--quiet"]) == 0
+    return sn
+
+
+def _search(model_dir, sn, run_dir, *extra):
+    return ["-m", "sparsearch.launch.cli", "search", "--model", model_dir / "model", "--supernet", sn,
+            "--run-dir", run_dir, "--calib-text", model_dir / "text.txt", "--calib-samples", "4", "--calib-seqlen",
+            "32", "--schedule", "1:64", "--quiet", *extra]
+
+
+def test_placement_comes_from_the_clusters_gpus(gpu_cluster):
+    """No --workers: one actor per GPU of the cluster, each holding one; GPU shares as many as the
+    CPUs allow; --worker-gpus 0: CPU actors, one per node."""
+    probe = (f"from sparsearch.launch.cluster import ClusterConfig, place\n"
+             f"for kw in ({{}}, {{'worker_gpus': 0.5}}, {{'worker_gpus': 0.5, 'worker_cpus': 0.5}}, "
+             f"{{'worker_gpus': 0}}):\n"
+             f"    p = place(ClusterConfig(ray_address={gpu_cluster!r}, **kw), accelerators=0)\n"
+             f"    print(p.actors, p.gpus, p.cpus)\n")
+    r = _driver("-c", probe)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:4] == ["2 1.0 1.0", "2 0.5 1.0", "4 0.5 0.5", "1 0 1.0"]
+
+
+def test_a_driver_without_gpus_gives_each_evaluator_a_gpu_of_the_cluster(gpu_cluster, model_dir, tiny_supernet,
+                                                                        tmp_path):
+    run = tmp_path / "run"
+    r = _driver(*_search(model_dir, tiny_supernet, run, "--ray-address", gpu_cluster, "--workers", "2",
+                         "--engine", "uniform"))
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    workers, build = summary["cluster"]["workers"], summary["cluster"]["build"]
+    assert summary["workers"] == 2 and len(workers) == 2
+    assert [w["gpus"] for w in workers] == [1, 1] and [w["cpus"] for w in workers] == [1, 1]
+    assert sorted(i for w in workers for i in w["gpu_ids"]) == ["0", "1"]  # a GPU each, not the same one
+    assert {w["device"] for w in workers} == {"cpu"}  # no CUDA on this machine: torch stays on the CPU
+    assert build["gpus"] == 0 and build["device"] == "cpu"  # the driver needed none
+    assert summary["nodes"] and set(summary["nodes"]) <= {w["node"] for w in workers}
+
+    started = time.monotonic()
+    r = _driver(*_search(model_dir, tiny_supernet, tmp_path / "r16", "--ray-address", gpu_cluster, "--workers", "16"),
+                timeout=60)
+    assert time.monotonic() - started < 60
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("sparsearch: error: --workers 16: 16 evaluator actors of 1 GPU and 1 CPU each do not "
+                               "fit: the cluster has 2 GPUs and 2 CPUs free"), r.stderr
+    assert not (tmp_path / "r16").exists()  # refused before anything was written
+
+
+def test_a_local_run_records_where_it_ran(model_dir, tiny_supernet, tmp_path, capsys):
+    """In process, without Ray: one evaluator, this host, its devices."""
+    import socket
+
+    from sparsearch.launch.cli import main
+
+    run = tmp_path / "run"
+    assert main([str(a) for a in _search(model_dir, tiny_supernet, run, "--engine", "uniform")[2:]]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    cluster = summary["cluster"]
+    assert summary["workers"] == 1 and len(cluster["workers"]) == 1
+    worker = cluster["workers"][0]
+    assert worker["host"] == socket.gethostname() and worker["gpus"] == 0 and worker["device"] == "cpu"
+    assert worker["cpus"] >= 1 and cluster["build"]["device"] == "cpu"
