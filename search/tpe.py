@@ -27,17 +27,15 @@ Budget handling (``budget_mode``):
 The sampler is Optuna's multivariate TPE. Each trial keeps the best of ``ei_candidates`` draws
 from the good trials' model by expected improvement. In ``shift`` mode the default is 128
 (Optuna's is 24): every draw is a feasible genome, and in tens of dimensions 24 draws rarely hold a
-better one (on the 60-unit problem of ``bench/search_synthetic.py``, seed 3, the gap to the
-optimum after 500 trials falls from +22.6% to +13.6%); a noisy cheap-stage score is checked by the
-finalists' re-scoring. The other modes keep Optuna's 24: there most draws fall outside the band,
-and a greedier draw makes ``constraint`` explore the feasible region less.
+better one (measured on ``bench/search_synthetic.py``: docs/benchmarks.md, TPE tuning); a noisy
+cheap-stage score is checked by the finalists' re-scoring. The other modes keep Optuna's 24:
+there most draws fall outside the band, and a greedier draw makes ``constraint`` explore the
+feasible region less.
 
 The good set that models l(x) is the best 10% of the trials, at most ``good_trials``: 10 in
 ``shift`` mode (Optuna's cap is 25, kept in the other modes). A smaller good set selects harder,
-and in ``shift`` mode that is worth most (a plain ask/tell loop over the same map on the same
-problem, 1,000 trials, seeds 0-4: +9.6/+10.0/+6.5/+7.7/+9.6% with a cap of 10 against +15-16%
-with 25 on seed 3; with the scored genome told, as the engine does, +7.3/+7.9/+7.0/+6.9/+6.9%;
-caps of 5, 7 and 15 on seed 3: +11.5%, +11.4%, +7.8%). The cap only acts beyond 100 trials.
+and in ``shift`` mode that is worth most (caps of 5, 7, 10, 15 and 25 compared in
+docs/benchmarks.md). The cap only acts beyond 100 trials.
 Optuna 4.9 deprecated ``gamma``, the argument that sets it, with removal planned for Optuna 6.
 
 Kernel widths (``shift`` mode): a draw from l(x) is one good trial's point with Gaussian noise in
@@ -47,13 +45,9 @@ parameter's range / (n + 2): for 10 good trials over 9 levels, 0.67 of a step, s
 moves about half of all units (with 0.4, about a fifth), and the last few percent come slowly.
 Optuna lets a sampler replace its estimator (``_LevelKernelEstimator``); its other knobs do not
 reach the width (a smaller ``prior_weight`` did not help; no ``consider_magic_clip`` lets the
-good set collapse onto one genome). In the ask/tell loop (where the kernels that Optuna had
-widened to its least width were given the floor), 1,000 trials, seeds 0-4: +4.7/+5.7/+5.4/+5.2/
-+5.0% with 0.4 against +7.3/+7.9/+7.0/+6.9/+6.9%; 0.3 and 0.35 were worse on most seeds (0.3
-draws some genomes twice), 0.5 on seeds 2 and 3. With both, the engine on that
-benchmark (3,000 trials, seeds 0-4) comes within 5% of the optimum after 1,086 / 1,085 / 1,835 /
-1,463 / 1,515 trials (Optuna's widths: 1,795 / 1,909 / never (+5.5%) / 2,614 / 2,903): about three
-times evolution's evaluations.
+good set collapse onto one genome). The floor 0.4 was chosen against 0.3, 0.35 and 0.5 (0.3
+draws some genomes twice); with it, the engine needs about three times evolution's evaluations
+on the synthetic benchmark (per-seed figures: docs/benchmarks.md, TPE tuning).
 
 Step 0 scores the start genome (repaired into the band unless ``constraint``), told as a trial
 whose parameters are that genome (its levels, or in ``shift`` its levels' sparsities).
