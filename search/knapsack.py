@@ -48,7 +48,7 @@ from sparsearch.search.space import Genome, SearchSpace
 
 @dataclass(frozen=True)
 class KnapsackConfig:
-    probe_stage: int = setting(-1, "knapsack: fitness stage its probes are scored on (-1: the last)")
+    probe_stage: int = setting(0, "knapsack: fitness stage its probes are scored on (-1: the last)")
     knapsack_rounds: int = setting(0, "knapsack: rounds of probes around the allocation, solved again on their "
                                    "context-dependent damages")
     knapsack_radius: int = setting(2, "knapsack: levels on either side of the allocation that a round probes")
@@ -122,7 +122,7 @@ class KnapsackStart:
     it (see the module docstring). Returns the allocations by name: ``knapsack``, then each accepted
     round's (``knapsack-r1``, ...)."""
 
-    stage: int = -1
+    stage: int = 0
     rounds: int = 0
     radius: int = 2
     progress: bool = False  # a progress bar over the probes
