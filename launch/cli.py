@@ -62,7 +62,8 @@ def _calibration_options(o: Options, *, only: list[str] | None = None) -> None:
 
 def _search_options(o: Options) -> None:
     o.add_settings(SearchConfig, group=o.parser.add_argument_group("search"))
-    o.add_engine_settings(ENGINES, o.parser.add_argument_group("engine settings ([engines that use them])"))
+    o.add_engine_settings({name: entry.config for name, entry in ENGINES.items()},
+                          o.parser.add_argument_group("engine settings ([engines that use them])"))
     o.add_settings(FitnessConfig, group=o.parser.add_argument_group("fitness"))
     o.add_settings(TrainConfig, group=o.parser.add_argument_group(
         "training-aware fitness (stages survivors:tokens:train_tokens train each candidate first)"))
@@ -148,10 +149,10 @@ def calibration_config(o: Resolved, default: tuple[str, str | None] = ("self", N
 
 
 def search_config(o: Resolved, log: Callable[[str], None]) -> SearchConfig:
-    engine_cls = ENGINES[o.engine][1]
-    init_cls = ENGINES[o.init][1] if o.init in ENGINES and not ENGINES[o.engine][0].one_shot else None
-    unused = sorted(set(o.unused(engine_cls, [cls for _, cls in ENGINES.values()]))
-                    & set(o.unused(init_cls or engine_cls, [cls for _, cls in ENGINES.values()])))
+    engine_cls = ENGINES[o.engine].config
+    init_cls = ENGINES[o.init].config if o.init in ENGINES and not ENGINES[o.engine].engine.one_shot else None
+    configs = [entry.config for entry in ENGINES.values()]
+    unused = sorted(set(o.unused(engine_cls, configs)) & set(o.unused(init_cls or engine_cls, configs)))
     if unused:
         log(f"sparsearch: warning: {', '.join(unused)} not used by engine {o.engine}"
             + (f" or its start {o.init}" if init_cls else ""))
@@ -308,7 +309,7 @@ def _search_and_report(o: Resolved, model, tokenizer, store, started: float, *, 
     windows = heldout_windows(heldout, tokenizer)
     outcome = pipeline.search(
         model, tokenizer, store, cfg, fitness=fitness, calib=calibration_config(o),
-        supernet_cfg=SupernetConfig.from_dict(store.manifest["config"]), run_dir=run_dir, resume=o.resume,
+        run_dir=run_dir, resume=o.resume,
         model_spec=o.model, cluster=cluster, log=_log(o), progress=not o.quiet, trust_remote_code=o.trust_remote_code,
         train=o.config(TrainConfig), clock=clock,
     )

@@ -89,11 +89,11 @@ class Options:
                 continue
             self._add_field(cls, f, group, owners=())
 
-    def add_engine_settings(self, engines: dict[str, tuple[type, type]], group) -> None:
-        """The union of the engines' config fields; a field shared by several engines must have
-        one default (one flag serves them all)."""
+    def add_engine_settings(self, configs: dict[str, type], group) -> None:
+        """The union of the fields of the engines' config classes (``configs``: engine name to
+        class); a field shared by several engines must have one default (one flag serves them all)."""
         seen: dict[str, tuple[type, dataclasses.Field, list[str]]] = {}
-        for name, (_, cls) in engines.items():
+        for name, cls in configs.items():
             for f in settings(cls):
                 if not f.metadata["cli"]:
                     continue

@@ -251,17 +251,15 @@ def search_plan(search: "SearchConfig", schedule: TokenSchedule, space: SearchSp
     its starts' (each scored on the final stage; a start that probes, the knapsack, its probes too),
     and with a validation split of ``validation_rows`` sequences its candidates' (``Engine.planned_steps``
     step bests, the starts, the uniform genome and the final best)."""
-    from sparsearch.launch.pipeline import start_names
-
     survivors = [s.survivors for s in schedule.stages]
-    engine_cls = ENGINES[search.engine][0]
+    engine_cls = ENGINES[search.engine].engine
     counts = engine_cls.planned_evaluations(search.engine_config, survivors, space)
     final = len(schedule) - 1
-    starts = start_names(search)
+    starts = search.start_names
     for name in starts:
         if name == search.engine:
             continue  # a one-shot engine's planned evaluations are its start's
-        start_cls, config = ENGINES[name][0], search.init_config if name == search.init else ENGINES[name][1]()
+        start_cls, config = ENGINES[name].engine, search.start_config(name)
         for stage, n in (start_cls.planned_evaluations(config, survivors, space) if start_cls.probes_fitness
                          else {final: 1}).items():
             counts[stage] = counts.get(stage, 0) + n

@@ -1,10 +1,10 @@
 """One-shot allocations as engines: no search, the result is the start genome.
 
-The genome itself is computed elsewhere and given as the engine's only start: the uniform genome
-by :meth:`~sparsearch.search.space.SearchSpace.uniform`, OWL's layer ratios by
-:mod:`sparsearch.supernet.owl`, FLAP's global structure by :mod:`sparsearch.supernet.flap` (these
-need the model's activations). As engines they share the run directory, the evaluation cache,
-resume and reporting with the searches, and their final-stage fitness is comparable.
+Every start registered in :data:`sparsearch.search.registry.STARTS` is also an engine of its own
+name (:meth:`OneShotEngine.of`): the run computes the start (:mod:`sparsearch.search.starts`) and
+gives it as the engine's only start, and the engine scores it on the final stage. As engines they
+share the run directory, the evaluation cache, resume and reporting with the searches, and their
+final-stage fitness is comparable.
 """
 
 from __future__ import annotations
@@ -24,7 +24,16 @@ class OneShotConfig:
 class OneShotEngine(Engine):
     """Scores its start (the uniform genome if none is given) on the final stage, and stops."""
 
+    name = "one-shot"
     one_shot = True
+
+    @classmethod
+    def of(cls, name: str) -> type["OneShotEngine"]:
+        """This engine under the name of start ``name`` (the name its run files and checkpoints carry)."""
+        if cls.name == name:
+            return cls
+        return type(f"{cls.__name__}[{name}]", (cls,), {"name": name, "__module__": cls.__module__,
+                                                          "__doc__": f"The one-shot engine of start {name}."})
 
     def initialize(self) -> None:
         self.genome = self.start_genome()
@@ -48,21 +57,3 @@ class OneShotEngine(Engine):
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.genome, self.score = tuple(state["genome"]), state["score"]
-
-
-class UniformAllocation(OneShotEngine):
-    """Every unit at the level nearest the target, repaired into the budget band."""
-
-    name = "uniform"
-
-
-class OWLAllocation(OneShotEngine):
-    """OWL's outlier-weighted layer sparsities (start computed by :mod:`sparsearch.supernet.owl`)."""
-
-    name = "owl"
-
-
-class FLAPAllocation(OneShotEngine):
-    """FLAP's fluctuation-ranked global structure (start computed by :mod:`sparsearch.supernet.flap`)."""
-
-    name = "flap"

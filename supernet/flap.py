@@ -21,6 +21,7 @@ from torch import nn
 from sparsearch.search.allocation import from_scores
 from sparsearch.search.budget import Budget
 from sparsearch.search.space import Genome, SearchSpace
+from sparsearch.search.starts import StartContext
 from sparsearch.supernet.adapters import DecoderAdapter
 from sparsearch.supernet.capture import InputMoments
 
@@ -54,3 +55,9 @@ def flap_genome(
     scores = fluctuation_scores(model, moments)
     genome = from_scores(space, budget, [scores[(u.layer, u.kind)] for u in space.units], rng)
     return genome, {}
+
+
+def flap_start(ctx: StartContext, config) -> Genome:
+    """The registered ``flap`` start (:data:`sparsearch.search.registry.STARTS`): FLAP's allocation of
+    the dense model's activations."""
+    return flap_genome(ctx.model, ctx.space, ctx.budget, ctx.activations(), ctx.rng())[0]

@@ -23,6 +23,7 @@ from torch import nn
 from sparsearch.search.allocation import from_sparsities
 from sparsearch.search.budget import Budget
 from sparsearch.search.space import Genome, SearchSpace
+from sparsearch.search.starts import StartContext
 from sparsearch.supernet.adapters import DecoderAdapter
 from sparsearch.supernet.capture import PROJECTIONS, InputMoments
 
@@ -59,3 +60,9 @@ def owl_genome(
     per_layer = layer_sparsities(ratios, target, lam)
     genome = from_sparsities(space, budget, [per_layer[u.layer] for u in space.units], rng)
     return genome, {"outlier_ratios": ratios, "layer_sparsities": per_layer}
+
+
+def owl_start(ctx: StartContext, config) -> Genome:
+    """The registered ``owl`` start (:data:`sparsearch.search.registry.STARTS`): OWL's allocation of
+    the dense model's activations."""
+    return owl_genome(ctx.model, ctx.space, ctx.budget, ctx.activations(), ctx.target, ctx.rng())[0]

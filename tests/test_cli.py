@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from sparsearch.launch.cli import main
+from sparsearch.search.registry import BEST_STARTS, ENGINES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -147,7 +148,7 @@ def test_unreachable_hub_id_is_one_line_error(capsys, tmp_path, monkeypatch):
     assert "no model of that id could be loaded from the hub" in line
 
 
-@pytest.mark.parametrize("engine", ["nsga2", "tpe", "tyr", "uniform", "owl", "flap"])
+@pytest.mark.parametrize("engine", list(ENGINES))
 def test_search_command_engines_and_resume(engine, capsys, tmp_path, model_dir):
     m, text = str(model_dir / "model"), str(model_dir / "text.txt")
     sn = tmp_path / "sn"
@@ -167,9 +168,10 @@ def test_search_command_engines_and_resume(engine, capsys, tmp_path, model_dir):
     if engine == "tyr":
         assert (run / "tyr" / "round1" / "manifest.json").is_file()
         assert first["supernet"].endswith("round1")
-    if engine in ("uniform", "owl", "flap"):
-        assert first["evaluations"] == 1 and first["baselines"][engine]["genome"] == first["best_genome"]
+    if ENGINES[engine].engine.one_shot:  # the start of its name, scored alone
+        assert first["baselines"][engine]["genome"] == first["best_genome"]
         assert first["fitness"]["kl"] == first["baselines"][engine]["kl"]
+        assert (first["evaluations"] == 1) != ENGINES[engine].engine.probes_fitness
 
 
 def test_training_aware_search_trains_each_candidate_on_tokens_it_is_not_scored_on(capsys, tmp_path, model_dir):
@@ -224,7 +226,7 @@ def test_search_can_start_from_the_best_baseline(capsys, tmp_path, model_dir):
                  "--target-sparsity", "0.5"]) == 0
     summary = json.loads((run / "summary.json").read_text())
     baselines = summary["baselines"]
-    assert set(baselines) == {"uniform", "owl", "flap"}
+    assert set(baselines) == set(BEST_STARTS)  # the starts that cost no evaluations
     for b in baselines.values():
         assert summary["target_sparsity"] <= b["sparsity"] <= summary["target_sparsity"] + 0.01 + 1e-9
     # elitism from the best baseline: the search never ends worse than its start
@@ -268,10 +270,10 @@ def test_flag_defaults_are_the_config_defaults():
     from sparsearch.search.registry import ENGINES
     from sparsearch.supernet.config import SupernetConfig
 
-    for name, (_, cls) in ENGINES.items():
+    for name, entry in ENGINES.items():
         _, o = parse_args(["run", "--engine", name])
         cfg = search_config(o, print)
-        assert cfg == SearchConfig(engine=name) and cfg.engine_config == cls()
+        assert cfg == SearchConfig(engine=name) and cfg.engine_config == entry.config()
     _, o = parse_args(["run"])
     assert o.config(SupernetConfig) == SupernetConfig() and o.config(FitnessConfig) == FitnessConfig()
     assert calibration_config(o) == CalibrationConfig()

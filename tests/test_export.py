@@ -111,7 +111,9 @@ def test_servable_genomes_export_the_nemotron_nas_schema(tmp_path):
     import dataclasses
 
     from sparsearch.launch.cli import parse_args
-    from sparsearch.launch.pipeline import TyrRounds
+    from sparsearch.launch.session import Session
+    from sparsearch.search.registry import ENGINES
+    from sparsearch.search.starts import load
 
     _, o = parse_args(["supernet", "--out", "x", "--servable", "--mlp-ladder", "0,0.5,1"])
     cfg = o.config(SupernetConfig)
@@ -125,7 +127,7 @@ def test_servable_genomes_export_the_nemotron_nas_schema(tmp_path):
     with pytest.raises(SparsearchError, match="outside its ladder"):
         Stitcher(copy.deepcopy(model), store).apply((1, 0, 0, 0, 0, 0))
     with pytest.raises(SparsearchError, match="tyr refines"):  # Týr's finer attention ladders are not servable
-        TyrRounds(None, store, store_cfg, None, None, tmp_path, progress=False, log=print)
+        load(ENGINES["tyr"].extras)(Session(None, store, None, None, tmp_path, None))
     Stitcher(model, store).apply((0, 1, 1, 2, 0, 0))
     out = export(model, tiny_tokenizer(), tmp_path / "export")
     config = json.loads((out / "config.json").read_text())

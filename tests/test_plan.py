@@ -7,12 +7,12 @@ import torch
 
 from tests.helpers.tiny import ARCHS, tiny_model
 from sparsearch.launch.cli import main
-from sparsearch.search.budget import Budget, CostModel
-from sparsearch.search.registry import ENGINES
+from sparsearch.search.registry import ENGINES, make_engine
 from sparsearch.supernet import SupernetConfig, build_supernet
 from sparsearch.supernet.modules import output_cache
 from sparsearch.launch.plan import ModelShape, disk_bytes, planned_space, sampling_plan
-from tests.helpers.synthetic import SyntheticFitness, synthetic_rebuild, synthetic_space
+from tests.helpers.synthetic import (SyntheticFitness, make_budget, quick_config, search_engines, synthetic_extras,
+                                     synthetic_space)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -56,18 +56,14 @@ def test_plan_needs_only_a_config_json(tmp_path, capsys):
     assert [s["tokens"] for s in out["evaluation"]] == [64, 256]
 
 
-@pytest.mark.parametrize("name", ["evolution", "nsga2", "tpe", "tyr", "uniform"])
+@pytest.mark.parametrize("name", [*search_engines(), "uniform"])
 def test_planned_evaluations_bound_what_a_run_does(name, tmp_path):
     space = synthetic_space()
-    engine_cls, config_cls = ENGINES[name]
-    config = config_cls(**{"evolution": dict(generations=6, offspring=6), "nsga2": dict(population=8, generations=3),
-                           "tpe": dict(trials=12, startup_trials=4), "tyr": dict(rounds=2, generations=3, offspring=4),
-                           "uniform": {}}[name])
+    config = quick_config(name)
+    engine_cls = ENGINES[name].engine
     fit = SyntheticFitness(space)
-    extra = {"rebuild": synthetic_rebuild(), "make_budget": lambda s: Budget.from_sparsity(CostModel.params(s), 0.5, 0.02)} \
-        if name == "tyr" else {}
-    engine = engine_cls(space, Budget.from_sparsity(CostModel.params(space), 0.5, 0.02), fit, config,
-                        run_dir=str(tmp_path), log=None, **extra)
+    engine = make_engine(name, space, make_budget(space), fit, config, run_dir=str(tmp_path), log=None,
+                         **synthetic_extras(name))
     engine.run()
     done: dict[int, int] = {}
     for r in engine.files.evaluations():

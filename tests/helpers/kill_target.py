@@ -20,17 +20,20 @@ import time
 
 from sparsearch.base import atomic
 from sparsearch.search import runfiles
-from sparsearch.search.budget import Budget, CostModel
-from sparsearch.search.registry import ENGINES
-from tests.helpers.synthetic import SyntheticFitness, synthetic_rebuild, synthetic_space
+from sparsearch.search.registry import ENGINES, make_engine
+from tests.helpers.synthetic import SyntheticFitness, make_budget, search_engines, synthetic_extras, synthetic_space
 
+SHORT = {  # settings that keep a run to a few seconds (an engine not named here runs with its defaults)
+    "evolution": dict(generations=10, offspring=6),
+    "nsga2": dict(population=8, generations=6),
+    "tpe": dict(trials=24, startup_trials=6),
+    "tyr": dict(rounds=2, generations=4, offspring=4),
+}
+# every registered search engine, variants of some, and the knapsack's probes: name -> (engine, settings)
 CONFIGS = {
-    "evolution": ("evolution", dict(generations=10, offspring=6)),
-    "nsga2": ("nsga2", dict(population=8, generations=6)),
+    **{name: (name, SHORT.get(name, {})) for name in search_engines()},
     "nsga2-dc": ("nsga2", dict(population=8, generations=3, blocks=3)),
-    "tpe": ("tpe", dict(trials=24, startup_trials=6)),
     "tpe-constraint": ("tpe", dict(trials=24, startup_trials=6, budget_mode="constraint")),
-    "tyr": ("tyr", dict(rounds=2, generations=4, offspring=4)),
     "knapsack": ("knapsack", dict(probe_stage=0)),
 }
 
@@ -115,15 +118,10 @@ def main() -> None:
         kill_at = int(n)
     instrument()
     name, cfg = CONFIGS[args.engine]
-    engine_cls, config_cls = ENGINES[name]
     space = synthetic_space()
-    make_budget = lambda s: Budget.from_sparsity(CostModel.params(s), 0.5, tolerance=0.02)  # noqa: E731
-    extra = {"rebuild": synthetic_rebuild(), "make_budget": make_budget} if name == "tyr" else {}
-    if name == "tyr":  # the rounds' fitness is slow too
-        base = extra["rebuild"]
-        extra["rebuild"] = lambda r, ladders: (lambda sp_fit: (sp_fit[0], SlowFitness(sp_fit[0])))(base(r, ladders))
-    engine = engine_cls(space, make_budget(space), SlowFitness(space), config_cls(**cfg), run_dir=args.run_dir,
-                        seed=3, log=None, **extra)
+    engine = make_engine(name, space, make_budget(space), SlowFitness(space), ENGINES[name].config(**cfg),
+                         run_dir=args.run_dir, seed=3, log=None,
+                         **synthetic_extras(name, fitness=SlowFitness))  # the rounds' fitness is slow too
     result = engine.run(resume=args.resume, settings={"target_sparsity": 0.5})
     print(json.dumps({"best_genome": list(result.best_genome), "best_fitness": result.best_fitness,
                       "evaluations": result.evaluations, "pareto": result.pareto,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
+from sparsearch.search.budget import Budget, CostModel
+from sparsearch.search.registry import ENGINES
 from sparsearch.search.space import Level, SearchSpace, Unit
 
 
@@ -66,3 +68,44 @@ def synthetic_rebuild(layers: int = 6, fail_after: int | None = None, counter: d
         return space, SyntheticFitness(space, fail_after=fail_after, counter=counter)
 
     return rebuild
+
+
+def make_budget(space: SearchSpace):
+    """The tests' budget: half the parameters, a 2% band."""
+    return Budget.from_sparsity(CostModel.params(space), 0.5, tolerance=0.02)
+
+
+QUICK = {
+    "evolution": dict(generations=12, offspring=8),
+    "nsga2": dict(population=24, generations=12),
+    "tpe": dict(trials=40, startup_trials=8),
+    "tyr": dict(rounds=3, generations=4, offspring=6),
+}
+"""Settings that keep an engine's synthetic runs short (an engine not named here runs with its defaults)."""
+
+
+def search_engines() -> list[str]:
+    """The registered engines that search (not the one-shot allocations), in registry order."""
+    return [name for name, entry in ENGINES.items() if not entry.engine.one_shot]
+
+
+def quick_config(name: str, **settings):
+    """Engine ``name``'s config: :data:`QUICK`'s settings, then ``settings``."""
+    return ENGINES[name].config(**{**QUICK.get(name, {}), **settings})
+
+
+def synthetic_extras(name: str, fail_after: int | None = None, counter: dict | None = None,
+                     fitness: type | None = None) -> dict:
+    """On the synthetic fitness, what engine ``name``'s registered extras builder gives a real
+    run (Týr's supernet rebuilds: :func:`synthetic_rebuild`, its rounds' fitness of class
+    ``fitness``); none for an engine that registers none."""
+    extras = ENGINES[name].extras
+    if extras is None:
+        return {}
+    if extras == "sparsearch.launch.tyr_rounds:tyr_extras":
+        rebuild = synthetic_rebuild(fail_after=fail_after, counter=counter)
+        if fitness is not None:
+            base = rebuild
+            rebuild = lambda r, ladders: (lambda sp: (sp, fitness(sp)))(base(r, ladders)[0])  # noqa: E731
+        return {"rebuild": rebuild, "make_budget": make_budget}
+    raise AssertionError(f"no synthetic stand-in for engine {name}'s extras ({extras}): add one here")

@@ -8,37 +8,35 @@ import pytest
 
 from sparsearch.search.budget import Budget, CostModel
 from sparsearch.base.errors import ConfigError, SparsearchError
-from sparsearch.search.evolution import EvolutionConfig, EvolutionEngine
-from sparsearch.search.nsga2 import NSGA2Config, NSGA2Engine
+from sparsearch.search.registry import ENGINES as REGISTRY, make_engine
 from sparsearch.search.tpe import TPEConfig, TPEEngine, good_set_size, kernel_widths
-from sparsearch.search.tyr import TyrConfig, TyrEngine, centred_ladder
-from tests.helpers.synthetic import SyntheticFitness, synthetic_rebuild, synthetic_space
+from sparsearch.search.tyr import centred_ladder
+from tests.helpers.synthetic import (SyntheticFitness, make_budget as _make_budget, quick_config, search_engines,
+                                     synthetic_extras, synthetic_space)
 
-ENGINES = {
-    "evolution": (EvolutionEngine, EvolutionConfig(generations=12, offspring=8)),
-    "nsga2": (NSGA2Engine, NSGA2Config(population=24, generations=12)),
-    "nsga2-dc": (NSGA2Engine, NSGA2Config(population=8, generations=4, blocks=3)),
-    "tpe": (TPEEngine, TPEConfig(trials=40, startup_trials=8)),
-    "tpe-repair": (TPEEngine, TPEConfig(trials=40, startup_trials=8, budget_mode="repair")),
-    "tpe-constraint": (TPEEngine, TPEConfig(trials=40, startup_trials=8, budget_mode="constraint")),
-    "tyr": (TyrEngine, TyrConfig(rounds=3, generations=4, offspring=6)),
+# every registered search engine (QUICK's settings keep it short), and variants of some: name -> (engine, settings)
+VARIANTS = {
+    "nsga2-dc": ("nsga2", dict(population=8, generations=4, blocks=3)),
+    "tpe-repair": ("tpe", dict(budget_mode="repair")),
+    "tpe-constraint": ("tpe", dict(budget_mode="constraint")),
 }
-
-
-def _make_budget(space):
-    return Budget.from_sparsity(CostModel.params(space), 0.5, tolerance=0.02)
+ENGINES = {**{name: (name, {}) for name in search_engines()}, **VARIANTS}
 
 
 def _engine(name, tmp_path, seed=0, fitness=None, sub="run", fail_after=None):
     space = synthetic_space()
-    cls, cfg = ENGINES[name]
+    engine_name, settings = ENGINES[name]
     counter = {"calls": 0}
     fitness = fitness or SyntheticFitness(space, fail_after=fail_after, counter=counter)
-    extra = {}
-    if cls is TyrEngine:
-        extra = {"rebuild": synthetic_rebuild(fail_after=fail_after, counter=fitness.counter), "make_budget": _make_budget}
-    engine = cls(space, _make_budget(space), fitness, cfg, run_dir=str(tmp_path / sub), seed=seed, log=None, **extra)
+    engine = make_engine(engine_name, space, _make_budget(space), fitness, quick_config(engine_name, **settings),
+                         run_dir=str(tmp_path / sub), seed=seed, log=None,
+                         **synthetic_extras(engine_name, fail_after=fail_after, counter=fitness.counter))
     return engine, fitness
+
+
+def test_the_tables_are_the_registrys():
+    assert {"evolution", "nsga2", "tpe", "tyr"} <= set(search_engines()) <= set(REGISTRY)
+    assert all(REGISTRY[engine].engine.name == engine for engine, _ in ENGINES.values())
 
 
 @pytest.mark.parametrize("name", ENGINES)
@@ -157,7 +155,7 @@ def test_tpe_study_is_told_the_scored_genome_and_each_sampled_point_maps_to_it(t
         assert [t.params[u.name] for u in engine.space.units] == preferences_of(engine.space, genome)
         assert engine.budget.feasible(genome)
     # every later step sampled preferences (its failed trial, which TPE ignores) that map to that genome
-    failed = {t.user_attrs["step"]: t for t in study.get_trials(states=(optuna.trial.TrialState.FAIL,))}
+    failed = {t.user_attrs["step"]: t for t in study.get_trials(states=(optuna.trial.TrialState.PRUNED,))}
     assert sorted(failed) == list(range(1, 40))
     for t in complete[1:]:
         sampled = [failed[t.user_attrs["step"]].params[u.name] for u in engine.space.units]
@@ -178,7 +176,7 @@ def test_tpe_repair_mode_tells_the_repaired_genome(tmp_path):
         genome = tuple(t.params[u.name] for u in engine.space.units)
         assert genome == tuple(t.user_attrs["genome"]) and engine.budget.feasible(genome)
     # a sampled genome outside the band was repaired: its own trial failed, which TPE ignores
-    failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+    failed = study.get_trials(states=(optuna.trial.TrialState.PRUNED,))
     assert failed and all(not engine.budget.feasible(tuple(t.params[u.name] for u in engine.space.units))
                           for t in failed)
 
@@ -224,15 +222,15 @@ def test_tyr_final_round_is_finer_and_no_worse(tmp_path):
         assert {round(b - a, 8) for a, b in zip(inner, inner[1:])} <= {0.03125}
 
 
-@pytest.mark.parametrize("name", [n for n in ENGINES if n != "tyr"] + ["knapsack"])
+@pytest.mark.parametrize("name", [n for n in ENGINES if not REGISTRY[ENGINES[n][0]].extras] + ["knapsack"])
 def test_a_unit_kept_dense_is_never_pruned(name, tmp_path):
-    """A servable supernet offers its first attention only dense: every engine keeps it."""
-    from sparsearch.search.knapsack import KnapsackAllocation, KnapsackConfig
-
+    """A servable supernet offers its first attention only dense: every engine keeps it (Týr,
+    which refines every ladder, refuses a servable supernet)."""
     space = synthetic_space().keep_dense(["L000.attn"])
     assert [len(lv) for lv in space.levels[:2]] == [1, 9] and space.uniform(0.5)[0] == 0
-    cls, cfg = ENGINES[name] if name in ENGINES else (KnapsackAllocation, KnapsackConfig())
-    engine = cls(space, _make_budget(space), SyntheticFitness(space), cfg, run_dir=str(tmp_path), seed=0, log=None)
+    engine_name, settings = ENGINES.get(name, (name, {}))
+    engine = make_engine(engine_name, space, _make_budget(space), SyntheticFitness(space),
+                         quick_config(engine_name, **settings), run_dir=str(tmp_path), seed=0, log=None)
     result = engine.run()
     assert engine.budget.feasible(result.best_genome)
     genomes = [r["genome"] for r in engine.files.evaluations()]

@@ -19,7 +19,8 @@ def _options(*classes: type, engines: bool = False) -> Options:
     for cls in classes:
         options.add_settings(cls)
     if engines:
-        options.add_engine_settings(ENGINES, options.parser.add_argument_group("engine"))
+        options.add_engine_settings({name: entry.config for name, entry in ENGINES.items()},
+                                    options.parser.add_argument_group("engine"))
     return options
 
 
@@ -31,18 +32,18 @@ def test_no_flags_build_the_dataclass_defaults():
     options = _options(SearchConfig, engines=True)
     o = _resolve(options, [])
     assert o.config(SearchConfig) == SearchConfig()
-    for name, (_, cls) in ENGINES.items():
-        assert o.config(cls) == cls(), name
+    for name, entry in ENGINES.items():
+        assert o.config(entry.config) == entry.config(), name
     assert not o.given("generations") and o.generations == EvolutionConfig().generations
 
 
 def test_a_shared_engine_field_is_one_flag_naming_its_engines():
     options = _options(engines=True)
-    owners = {name for name, (_, cls) in ENGINES.items() if "generations" in {f.name for f in settings(cls)}}
+    owners = {name for name, entry in ENGINES.items() if "generations" in {f.name for f in settings(entry.config)}}
     assert {"evolution", "nsga2"} <= owners
     assert set(options.known["generations"].owners) == owners
     o = _resolve(options, ["--generations", "7"])
-    assert all(o.config(ENGINES[name][1]).generations == 7 for name in owners)
+    assert all(o.config(ENGINES[name].config).generations == 7 for name in owners)
 
 
 def test_the_command_line_wins_over_the_preset_which_wins_over_the_default():
