@@ -3,7 +3,9 @@ flag names; flags given on the command line override them) and exits with status
 ``sparsearch: error: ...`` line on bad input.
 
 Flags that set a config field are derived from the config dataclasses
-(:mod:`sparsearch.launch.options`); the commands turn them into typed configs and call the library.
+(:mod:`sparsearch.launch.options`). :func:`main` turns a command's flags and preset into one
+:class:`~sparsearch.launch.runconfig.RunConfig` (every typed config, validated) before the command
+runs, and the command passes it to the library.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import re
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -25,12 +28,12 @@ from sparsearch.launch.config import SearchConfig
 from sparsearch.launch import inputs
 from sparsearch.launch.heldout import HeldoutConfig
 from sparsearch.launch.options import Options, Resolved, read_preset
+from sparsearch.launch.runconfig import DTYPES, RunConfig, Source, run_config
 from sparsearch.base.errors import SparsearchError, SparsearchWarning
 from sparsearch.search.registry import ENGINES
 from sparsearch.supernet.config import SupernetConfig
 
 DEFAULT_MODEL = "smollm2-135m"
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -77,14 +80,30 @@ def _common_options(o: Options) -> None:
     o.add("--quiet", action="store_true", default=False, help="no progress bars or log lines")
 
 
-COMMANDS: dict[str, tuple[str, Callable[[Options], None], Callable[[Resolved], int]]] = {}
+Runner = Callable[[Resolved, RunConfig], int]
 
 
-def command(name: str, help: str, options: Callable[[Options], None]):
-    """Register a subcommand: its help, the function adding its options, and the decorated runner."""
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its help, the function adding its options, its runner (given the resolved
+    options and the run config built from them), and where its calibration source comes from
+    when no flag names one (default: self-generated)."""
 
-    def register(run: Callable[[Resolved], int]) -> Callable[[Resolved], int]:
-        COMMANDS[name] = (help, options, run)
+    help: str
+    options: Callable[[Options], None]
+    run: Runner
+    calibration: Callable[[Resolved], Source] | None = None
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, help: str, options: Callable[[Options], None], *,
+            calibration: Callable[[Resolved], Source] | None = None):
+    """Register a subcommand (see :class:`Command`); decorates its runner."""
+
+    def register(run: Runner) -> Runner:
+        COMMANDS[name] = Command(help, options, run, calibration)
         return run
 
     return register
@@ -94,11 +113,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Options]]:
     parser = _Parser(prog="sparsearch", description="Search per-layer structured sparsity of decoder LLMs.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     options = {}
-    for name, (help, add, _) in COMMANDS.items():
-        p = sub.add_parser(name, help=help, description=help)
+    for name, cmd in COMMANDS.items():
+        p = sub.add_parser(name, help=cmd.help, description=cmd.help)
         p.add_argument("--config", metavar="PRESET.yaml", help="YAML file of flag values (flags given here win)")
         options[name] = Options(p)
-        add(options[name])
+        cmd.options(options[name])
     return parser, options
 
 
@@ -134,34 +153,8 @@ def _absolute_paths(o: Resolved) -> None:
         o.values["model"] = str(Path(model).expanduser().absolute())
 
 
-# -- typed configs from options ---------------------------------------------------------------
-def calibration_config(o: Resolved, default: tuple[str, str | None] = ("self", None)) -> CalibrationConfig:
-    """The calibration source: one of --calib-text/--calib-dataset/--calib-self (from the command
-    line if it names one, else from the preset), else ``default`` (source, location):
-    self-generated unless the command says otherwise."""
-    flags = ("calib_text", "calib_dataset", "calib_self")
-    chosen = [f for f in flags if f in o.cli] or [f for f in flags if f in o.preset and o.values[f]]
-    if len(chosen) > 1:
-        raise SparsearchError("choose one calibration source: " + ", ".join("--" + f.replace("_", "-") for f in chosen))
-    source, location = {"calib_text": ("text", o.calib_text), "calib_dataset": ("dataset", o.calib_dataset),
-                        "calib_self": ("self", None)}.get(chosen[0] if chosen else "", default)
-    return o.config(CalibrationConfig, source=source, location=location, seed=o.seed)
-
-
-def search_config(o: Resolved, log: Callable[[str], None]) -> SearchConfig:
-    engine_cls = ENGINES[o.engine].config
-    init_cls = ENGINES[o.init].config if o.init in ENGINES and not ENGINES[o.engine].engine.one_shot else None
-    configs = [entry.config for entry in ENGINES.values()]
-    unused = sorted(set(o.unused(engine_cls, configs)) & set(o.unused(init_cls or engine_cls, configs)))
-    if unused:
-        log(f"sparsearch: warning: {', '.join(unused)} not used by engine {o.engine}"
-            + (f" or its start {o.init}" if init_cls else ""))
-    return o.config(SearchConfig, seed=o.seed, engine_config=o.config(engine_cls),
-                    init_config=o.config(init_cls) if init_cls else None)
-
-
 def _log(o: Resolved) -> Callable[[str], None]:
-    return (lambda msg: None) if o.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    return (lambda msg: None) if o.values.get("quiet") else (lambda msg: print(msg, file=sys.stderr, flush=True))
 
 
 def _device(name: str):
@@ -184,15 +177,16 @@ def _device(name: str):
     return device
 
 
-def _load(o: Resolved, model: str | None = None):
+def _load(run: RunConfig, model: str | None = None):
     from sparsearch.supernet.models import load_model
 
-    if o.quiet:
+    if not run.progress:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
-    return load_model(model or o.model, dtype=o.dtype, device=_device(o.device), trust_remote_code=o.trust_remote_code)
+    return load_model(model or run.model, dtype=run.dtype, device=_device(run.device),
+                      trust_remote_code=run.trust_remote_code)
 
 
 def _check_files(*paths: str | None) -> None:
@@ -200,6 +194,11 @@ def _check_files(*paths: str | None) -> None:
     for p in paths:
         if p and not Path(p).is_file():
             raise SparsearchError(f"text file not found: {p}")
+
+
+def _text_file(calib: CalibrationConfig) -> str | None:
+    """The calibration's text file, if it reads one."""
+    return calib.location if calib.source == "text" else None
 
 
 def _describe(store) -> str:
@@ -233,16 +232,14 @@ def _supernet_command_options(o: Options) -> None:
 
 
 @command("supernet", "build (or resume) a supernet of per-unit pruning variants", _supernet_command_options)
-def cmd_supernet(o: Resolved) -> int:
+def cmd_supernet(o: Resolved, run: RunConfig) -> int:
     from sparsearch.launch.pipeline import ensure_supernet, require_fits
 
-    cfg, calib = o.config(SupernetConfig), calibration_config(o)  # validated before loading anything
-    _check_files(calib.location if calib.source == "text" else None)
+    _check_files(_text_file(run.calibration))
     _claim_supernet(o.out, "--out")
-    model, tokenizer = _load(o)
-    require_fits(model, seqlens={"calib_seqlen": calib.seqlen}, supernet=cfg)
-    store = ensure_supernet(model, tokenizer, Path(o.out), cfg, calib, model_name=o.model, progress=not o.quiet,
-                            log=_log(o))
+    model, tokenizer = _load(run)
+    require_fits(model, seqlens={"calib_seqlen": run.calibration.seqlen}, supernet=run.supernet)
+    store = ensure_supernet(model, tokenizer, Path(o.out), run, log=run.log)
     print(_describe(store))
     return 0
 
@@ -259,7 +256,7 @@ def _eval_options(o: Options) -> None:
 
 
 @command("eval", "held-out perplexity of a model (or of a uniform allocation); prints JSON", _eval_options)
-def cmd_eval(o: Resolved) -> int:
+def cmd_eval(o: Resolved, run: RunConfig) -> int:
     from sparsearch.fitness.data import read_text
     from sparsearch.launch.heldout import text_windows
     from sparsearch.fitness.metrics import perplexity
@@ -272,15 +269,14 @@ def cmd_eval(o: Resolved) -> int:
         raise SparsearchError(f"--seqlen must be >= 2 (a window scores its next tokens), got {o.seqlen}")
     if o.max_tokens is not None and o.max_tokens < o.seqlen:
         raise SparsearchError(f"--max-tokens must be at least --seqlen ({o.seqlen}), got {o.max_tokens}")
-    batch_size = o.config(FitnessConfig).batch_size
     read_text(o.data)
-    _device(o.device)
+    _device(run.device)
     store = SupernetStore.open(o.supernet) if o.supernet else None
     if store is not None:
         store.check_files()  # refuse a missing, unfinished or damaged supernet before loading
-    model, tokenizer = _load(o)
+    model, tokenizer = _load(run)
     require_fits(model, seqlens={"--seqlen": o.seqlen})
-    result: dict[str, Any] = {"model": o.model, "data": o.data, "seqlen": o.seqlen}
+    result: dict[str, Any] = {"model": run.model, "data": o.data, "seqlen": o.seqlen}
     if store is not None:
         from sparsearch.supernet.stitch import Stitcher
 
@@ -289,78 +285,85 @@ def cmd_eval(o: Resolved) -> int:
         stitcher.apply(genome)
         result.update(genome=list(genome), sparsity=stitcher.space.sparsity(genome))
     windows = text_windows(o.data, tokenizer, o.seqlen, o.max_tokens)
-    result.update(perplexity(model, windows, batch_size=batch_size, progress=not o.quiet))
+    result.update(perplexity(model, windows, batch_size=run.fitness.batch_size, progress=run.progress))
     result["params"] = sum(p.numel() for p in model.parameters())
     print(json.dumps(result))
     return 0
 
 
-def _search_and_report(o: Resolved, model, tokenizer, store, started: float, *, export: bool, clock=None) -> int:
+def _search_and_report(run: RunConfig, model, tokenizer, store, started: float, *, export: bool, clock) -> int:
+    """Search ``store``, write the run's summary and plots, then (``export``) its export and, with
+    ``run.heal``, a healed one."""
     from sparsearch.launch import pipeline, report
-    from sparsearch.launch.evaluators import where_ran
-    from sparsearch.launch.phases import PhaseClock
+    from sparsearch.launch.heldout import heldout_windows
 
-    clock = clock or PhaseClock()
-    from sparsearch.launch.heldout import heldout_perplexity, heldout_windows
-
-    cfg = search_config(o, _log(o))
-    fitness, heldout, cluster = o.config(FitnessConfig), o.config(HeldoutConfig), o.config(ClusterConfig)
-    run_dir = Path(o.run_dir)
-    windows = heldout_windows(heldout, tokenizer)
-    outcome = pipeline.search(
-        model, tokenizer, store, cfg, fitness=fitness, calib=calibration_config(o),
-        run_dir=run_dir, resume=o.resume,
-        model_spec=o.model, cluster=cluster, log=_log(o), progress=not o.quiet, trust_remote_code=o.trust_remote_code,
-        train=o.config(TrainConfig), clock=clock,
-    )
-    where = where_ran(run_dir)  # each evaluator's node, GPUs and CPUs, and the supernet builder's
-    extra: dict[str, Any] = {"workers": len(where["workers"]), "nodes": outcome.nodes, "cluster": where,
-                             "calibration": calibration_config(o).describe()}
-    if windows is not None:
-        _log(o)(f"held-out perplexity on {windows.shape[0]} windows of {heldout.text}")
-        extra["heldout"] = heldout_perplexity(heldout, windows, outcome.stitcher, outcome.result.best_genome,
-                                              outcome.uniform_genome, batch_size=fitness.batch_size,
-                                              starts={n: tuple(b["genome"]) for n, b in outcome.baselines.items()})
-    summary = report.build_summary(outcome, model=o.model, engine=cfg.engine, target_sparsity=cfg.target_sparsity,
-                                   wall_time_s=time.perf_counter() - started, extra=extra)
-    summary["timings"] = clock.rounded()
-    path = report.write_summary(run_dir, summary)
-    report.render(run_dir)
+    windows = heldout_windows(run.heldout, tokenizer)  # a bad held-out text fails before the search
+    outcome = pipeline.search(model, tokenizer, store, run, log=run.log, clock=clock)
+    summary = _summary(run, outcome, windows, started, clock)
+    path = report.write_summary(run.run_dir, summary)
+    report.render(run.run_dir)
     if export:
-        import shutil
-
-        out = run_dir / "export"
-        if out.exists():
-            shutil.rmtree(out)
-        with clock("export"):
-            report.export_genome(model, tokenizer, summary, summary["best_genome"], out, outcome.space)
-        _log(o)(f"exported: {out}")
-        summary["timings"] = clock.rounded()
-        summary["wall_time_s"] = round(time.perf_counter() - started, 3)
-        report.write_summary(run_dir, summary)
-    if export and o.heal_tokens:
-        from sparsearch.launch.heal import HEALED_EXPORT, HealConfig, heal
-
-        outcome.stitcher.apply(outcome.space.dense)  # the teacher: heal stitches its own student
-        healed = run_dir / HEALED_EXPORT
-        if healed.exists():
-            import shutil
-
-            shutil.rmtree(healed)
-        calib = calibration_config(o)  # heal sequences as long as the calibration's (checked against the model)
-        result = heal(run_dir, healed, HealConfig(tokens=o.heal_tokens, seqlen=calib.seqlen), calib,
-                      load=lambda spec: (model, tokenizer), dtype=o.dtype, seed=o.seed, resume=o.resume,
-                      heldout=heldout, eval_batch_size=fitness.batch_size, progress=not o.quiet, log=_log(o))
-        _log(o)(f"healed export: {result.summary['export']}")
-    print(f"{cfg.engine}: sparsity {summary['sparsity']:.3f}, KL {summary['fitness']['kl']:.4f} "
+        _export_run(run, model, tokenizer, outcome, summary, started, clock)
+        if run.heal is not None:
+            _heal_export(run, model, tokenizer, outcome)
+    print(f"{run.search.engine}: sparsity {summary['sparsity']:.3f}, KL {summary['fitness']['kl']:.4f} "
           f"(uniform {summary['uniform']['kl']:.4f}) after {summary['evaluations']} evaluations -> {path}")
     return 0
 
 
-def _seqlens(o: Resolved) -> dict[str, int]:
-    """The sequence lengths a search will run (held-out windows only with --eval-text)."""
-    heldout = o.config(HeldoutConfig)
-    return {"calib_seqlen": calibration_config(o).seqlen} | ({"eval_seqlen": heldout.seqlen} if heldout.text else {})
+def _summary(run: RunConfig, outcome, windows, started: float, clock) -> dict[str, Any]:
+    """The run's ``summary.json``: the outcome, where it ran, and with held-out ``windows`` the
+    perplexities of the best genome, the uniform one and every start."""
+    from sparsearch.launch import report
+    from sparsearch.launch.evaluators import where_ran
+    from sparsearch.launch.heldout import heldout_perplexity
+
+    where = where_ran(run.run_dir)  # each evaluator's node, GPUs and CPUs, and the supernet builder's
+    extra: dict[str, Any] = {"workers": len(where["workers"]), "nodes": outcome.nodes, "cluster": where,
+                             "calibration": run.calibration.describe()}
+    if windows is not None:
+        run.log(f"held-out perplexity on {windows.shape[0]} windows of {run.heldout.text}")
+        extra["heldout"] = heldout_perplexity(run.heldout, windows, outcome.stitcher, outcome.result.best_genome,
+                                              outcome.uniform_genome, batch_size=run.fitness.batch_size,
+                                              starts={n: tuple(b["genome"]) for n, b in outcome.baselines.items()})
+    summary = report.build_summary(outcome, model=run.model, engine=run.search.engine,
+                                   target_sparsity=run.search.target_sparsity,
+                                   wall_time_s=time.perf_counter() - started, extra=extra)
+    summary["timings"] = clock.rounded()
+    return summary
+
+
+def _export_run(run: RunConfig, model, tokenizer, outcome, summary: dict[str, Any], started: float, clock) -> None:
+    """The best genome exported to ``R/export`` (replacing an earlier one); the summary gets the time."""
+    import shutil
+
+    from sparsearch.launch import report
+
+    out = run.run_dir / "export"
+    if out.exists():
+        shutil.rmtree(out)
+    with clock("export"):
+        report.export_genome(model, tokenizer, summary, summary["best_genome"], out, outcome.space)
+    run.log(f"exported: {out}")
+    summary["timings"] = clock.rounded()
+    summary["wall_time_s"] = round(time.perf_counter() - started, 3)
+    report.write_summary(run.run_dir, summary)
+
+
+def _heal_export(run: RunConfig, model, tokenizer, outcome) -> None:
+    """``run --heal-tokens N``: the export healed into ``R/export-healed`` (replacing an earlier one)."""
+    import shutil
+
+    from sparsearch.launch.heal import HEALED_EXPORT, heal
+
+    outcome.stitcher.apply(outcome.space.dense)  # the teacher: heal stitches its own student
+    healed = run.run_dir / HEALED_EXPORT
+    if healed.exists():
+        shutil.rmtree(healed)
+    result = heal(run.run_dir, healed, run.heal, run.calibration, load=lambda spec: (model, tokenizer),
+                  dtype=run.dtype, seed=run.seed, resume=run.resume, heldout=run.heldout,
+                  eval_batch_size=run.fitness.batch_size, progress=run.progress, log=run.log)
+    run.log(f"healed export: {result.summary['export']}")
 
 
 def _search_command_options(o: Options) -> None:
@@ -373,29 +376,26 @@ def _search_command_options(o: Options) -> None:
 
 
 @command("search", "search the per-unit levels of a supernet under a budget", _search_command_options)
-def cmd_search(o: Resolved) -> int:
+def cmd_search(o: Resolved, run: RunConfig) -> int:
+    from sparsearch.launch.phases import PhaseClock
     from sparsearch.launch.pipeline import require_fits
     from sparsearch.supernet.fingerprint import model_fingerprint
     from sparsearch.supernet.store import SupernetStore
 
     started = time.perf_counter()
-    search_config(o, lambda _: None), calibration_config(o)  # validated before loading anything
-    o.config(FitnessConfig), o.config(TrainConfig), o.config(HeldoutConfig), o.config(ClusterConfig)
-    _check_files(o.eval_text)
-    _device(o.device)
+    _check_files(run.heldout.text)
+    _device(run.device)
     inputs.probe_storage(o.values)
-    place(o.config(ClusterConfig))  # the cluster can hold the evaluators, before the run directory is written
+    place(run.cluster)  # the cluster can hold the evaluators, before the run directory is written
     rundir.claim(o.run_dir, "run directory", "--run-dir")
     store = SupernetStore.open(o.supernet)
     store.check_files()
-    from sparsearch.launch.phases import PhaseClock
-
     clock = PhaseClock()
     with clock("load"):
-        model, tokenizer = _load(o)
+        model, tokenizer = _load(run)
     store.check_model(model_fingerprint(model))
-    require_fits(model, seqlens=_seqlens(o))
-    return _search_and_report(o, model, tokenizer, store, started, export=False, clock=clock)
+    require_fits(model, seqlens=run.seqlens)
+    return _search_and_report(run, model, tokenizer, store, started, export=False, clock=clock)
 
 
 def _run_command_options(o: Options) -> None:
@@ -413,34 +413,25 @@ def _run_command_options(o: Options) -> None:
 
 
 @command("run", "build or reuse the supernet, search, and write the run directory", _run_command_options)
-def cmd_run(o: Resolved) -> int:
+def cmd_run(o: Resolved, run: RunConfig) -> int:
+    from sparsearch.launch.phases import PhaseClock
     from sparsearch.launch.pipeline import ensure_supernet, require_fits
 
     started = time.perf_counter()
-    search_config(o, lambda _: None), o.config(SupernetConfig), calibration_config(o)
-    if o.heal_tokens:
-        from sparsearch.launch.heal import HealConfig
-
-        HealConfig(tokens=o.heal_tokens, seqlen=calibration_config(o).seqlen)  # validated before the search
-    o.config(FitnessConfig), o.config(TrainConfig), o.config(HeldoutConfig), o.config(ClusterConfig)
-    calib = calibration_config(o)
-    _check_files(calib.location if calib.source == "text" else None, o.eval_text)
+    _check_files(_text_file(run.calibration), run.heldout.text)
     inputs.probe_storage(o.values)
-    place(o.config(ClusterConfig))  # the cluster can hold the evaluators, before the run directory is written
+    place(run.cluster)  # the cluster can hold the evaluators, before the run directory is written
     rundir.claim(o.run_dir, "run directory", "--run-dir")
-    out = Path(o.supernet) if o.supernet else Path(o.run_dir) / "supernet"
+    out = Path(o.supernet) if o.supernet else run.run_dir / "supernet"
     _claim_supernet(out, "--supernet")
-    from sparsearch.launch.phases import PhaseClock
-
     clock = PhaseClock()
     with clock("load"):
-        model, tokenizer = _load(o)
-    require_fits(model, seqlens=_seqlens(o), supernet=o.config(SupernetConfig))
-    store = ensure_supernet(model, tokenizer, out, o.config(SupernetConfig), calib, model_name=o.model,
-                            progress=not o.quiet, log=_log(o), clock=clock)
+        model, tokenizer = _load(run)
+    require_fits(model, seqlens=run.seqlens, supernet=run.supernet)
+    store = ensure_supernet(model, tokenizer, out, run, log=run.log, clock=clock)
     store.check_files()
-    _log(o)(_describe(store))
-    return _search_and_report(o, model, tokenizer, store, started, export=not o.no_export, clock=clock)
+    run.log(_describe(store))
+    return _search_and_report(run, model, tokenizer, store, started, export=not o.no_export, clock=clock)
 
 
 def _plan_options(o: Options) -> None:
@@ -454,18 +445,17 @@ def _plan_options(o: Options) -> None:
 @command("plan", "what a run will cost, from the model's config alone: supernet disk, calibration sampling "
          "memory (--calib-self, the default), build memory and forward passes, evaluation and search tokens; "
          "prints JSON", _plan_options)
-def cmd_plan(o: Resolved) -> int:
+def cmd_plan(o: Resolved, run: RunConfig) -> int:
     from sparsearch.launch.plan import ModelShape, plan
     from sparsearch.launch.tokens import TokenPlan
     from sparsearch.supernet.models import load_config
 
-    search, supernet = search_config(o, _log(o)), o.config(SupernetConfig)
-    calib, fitness = calibration_config(o), o.config(FitnessConfig)
-    shape = ModelShape.from_config(load_config(o.model, trust_remote_code=o.trust_remote_code), o.dtype)
-    result = plan(shape, supernet, samples=calib.samples, seqlen=calib.seqlen, search=search,
+    calib, fitness = run.calibration, run.fitness
+    shape = ModelShape.from_config(load_config(run.model, trust_remote_code=run.trust_remote_code), run.dtype)
+    result = plan(shape, run.supernet, samples=calib.samples, seqlen=calib.seqlen, search=run.search,
                   schedule=fitness.token_schedule, validation_rows=TokenPlan.of(calib, fitness).validation,
-                  device=_device(o.device).type, sample_batch=calib.sample_batch if calib.source == "self" else None)
-    result["model"] = {"name": o.model, **result["model"]}
+                  device=_device(run.device).type, sample_batch=calib.sample_batch if calib.source == "self" else None)
+    result["model"] = {"name": run.model, **result["model"]}
     print(json.dumps(result, indent=1))
     return 0
 
@@ -482,7 +472,7 @@ def _export_options(o: Options) -> None:
 
 
 @command("export", "write the best (or a Pareto) genome of a run as a smaller HF model", _export_options)
-def cmd_export(o: Resolved) -> int:
+def cmd_export(o: Resolved, run: RunConfig) -> int:
     from sparsearch.launch.report import export_genome, read_summary
     from sparsearch.supernet.stitch import Stitcher
     from sparsearch.supernet.store import SupernetStore
@@ -504,10 +494,10 @@ def cmd_export(o: Resolved) -> int:
     _lock_existing(o.run_dir)
     store = SupernetStore.open(summary["supernet"])
     store.check_files()
-    model, tokenizer = _load(o, model=summary["model"])
+    model, tokenizer = _load(run, model=summary["model"])
     stitcher = Stitcher(model, store)
     stitcher.apply(tuple(genome))
-    print(f"exported: {export_genome(model, tokenizer, summary, genome, out, stitcher.space, o.dtype)}")
+    print(f"exported: {export_genome(model, tokenizer, summary, genome, out, stitcher.space, run.dtype)}")
     return 0
 
 
@@ -528,26 +518,28 @@ def _heal_options(o: Options) -> None:
     _common_options(o)
 
 
-@command("heal", "recover a run's pruned model by distillation from the dense model; writes a healed export",
-         _heal_options)
-def cmd_heal(o: Resolved) -> int:
-    from sparsearch.launch.heal import HEALED_EXPORT, HealConfig, heal
+def _run_calibration(o: Resolved) -> Source:
+    """heal's calibration source when no flag names one: the run's own."""
     from sparsearch.launch.report import read_summary
 
-    cfg, heldout = o.config(HealConfig), o.config(HeldoutConfig)
-    if o.given("lora_rank") and cfg.full:
-        raise SparsearchError("--lora-rank and --full exclude each other")
     run_calib = read_summary(o.run_dir).get("calibration") or {}
     if not isinstance(run_calib, dict):
         raise SparsearchError(f"run summary {Path(o.run_dir) / 'summary.json'}: calibration is not an object")
-    calib = calibration_config(o, default=(run_calib.get("source", "self"), run_calib.get("location")))
-    _check_files(calib.location if calib.source == "text" else None, heldout.text)
-    _device(o.device)
+    return run_calib.get("source", "self"), run_calib.get("location")
+
+
+@command("heal", "recover a run's pruned model by distillation from the dense model; writes a healed export",
+         _heal_options, calibration=_run_calibration)
+def cmd_heal(o: Resolved, run: RunConfig) -> int:
+    from sparsearch.launch.heal import HEALED_EXPORT, heal
+
+    _check_files(_text_file(run.calibration), run.heldout.text)
+    _device(run.device)
     out = Path(o.out) if o.out else Path(o.run_dir) / HEALED_EXPORT
     _lock_existing(o.run_dir)
-    result = heal(o.run_dir, out, cfg, calib, load=lambda spec: _load(o, model=spec), dtype=o.dtype, seed=o.seed,
-                  resume=o.resume, heldout=heldout, eval_batch_size=o.config(FitnessConfig).batch_size,
-                  progress=not o.quiet, log=_log(o))
+    result = heal(o.run_dir, out, run.heal, run.calibration, load=lambda spec: _load(run, model=spec),
+                  dtype=run.dtype, seed=run.seed, resume=run.resume, heldout=run.heldout,
+                  eval_batch_size=run.fitness.batch_size, progress=run.progress, log=run.log)
     s = result.summary
     print(json.dumps({k: v for k, v in s.items() if k != "settings"}
                      | {"loss": {k: v for k, v in s["loss"].items() if k != "history"}}))
@@ -559,7 +551,7 @@ def _report_options(o: Options) -> None:
 
 
 @command("report", "render the plots of a run directory again", _report_options)
-def cmd_report(o: Resolved) -> int:
+def cmd_report(o: Resolved, run: RunConfig) -> int:
     from sparsearch.launch.report import read_summary, render
 
     read_summary(o.run_dir)
@@ -581,7 +573,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.showwarning = _show_warning
     try:
         name, options = parse_args(argv)
-        return COMMANDS[name][2](options)
+        cmd = COMMANDS[name]
+        run = run_config(options, calibration=cmd.calibration, log=_log(options))  # every config, once
+        return cmd.run(options, run)
     except SparsearchError as e:
         print(f"sparsearch: error: {inputs.error_line(e)}", file=sys.stderr)
         return 2

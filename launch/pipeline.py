@@ -1,5 +1,6 @@
-"""The steps of a run, as plain functions over typed configs: supernet, fitness tokens, budget,
-starts, search; :func:`search` runs them in order and returns a :class:`SearchOutcome`."""
+"""The steps of a run, as plain functions over its :class:`~sparsearch.launch.runconfig.RunConfig`:
+supernet, budget, tokens, starts, search; :func:`search` runs them in order and returns a
+:class:`SearchOutcome`."""
 
 from __future__ import annotations
 
@@ -11,13 +12,12 @@ from typing import Any, Callable
 
 import torch
 
-from sparsearch.fitness.config import FitnessConfig, TrainConfig
-from sparsearch.fitness.data import CalibrationConfig
+from sparsearch.fitness.config import TrainConfig
 from sparsearch.launch import tokens as run_tokens
-from sparsearch.launch.cluster import ClusterConfig
 from sparsearch.launch.config import SearchConfig
 from sparsearch.launch.evaluators import FitnessFactory
 from sparsearch.launch.phases import PhaseClock, TimedFitness
+from sparsearch.launch.runconfig import RunConfig
 from sparsearch.launch.session import Session
 from sparsearch.search.budget import Budget, CostModel
 from sparsearch.base.settings import as_dict
@@ -71,12 +71,11 @@ def require_fits(model, *, seqlens: dict[str, int], supernet: SupernetConfig | N
                                   f"({width} channels)")
 
 
-def ensure_supernet(
-    model, tokenizer, out: Path, cfg: SupernetConfig, calib: CalibrationConfig, *, model_name: str,
-    progress: bool, log: Log, clock: PhaseClock | None = None,
-) -> SupernetStore:
-    """Open the finished supernet at ``out``, or build (resume) it there (``clock``: phases
-    ``sampling`` and ``build``)."""
+def ensure_supernet(model, tokenizer, out: Path, run: RunConfig, *, log: Log,
+                    clock: PhaseClock | None = None) -> SupernetStore:
+    """Open the finished supernet at ``out``, or build (resume) it there with ``run.supernet`` on
+    ``run.calibration`` (``clock``: phases ``sampling`` and ``build``)."""
+    cfg, calib, progress = run.supernet, run.calibration, run.progress
     clock = clock or PhaseClock()
     if SupernetStore.is_complete(out):
         store = SupernetStore.open(out)
@@ -94,7 +93,7 @@ def ensure_supernet(
             tokens = run_tokens.draw(calib, run_tokens.TokenPlan(calib.seqlen, calib.samples, 0), "calibration",
                                      model, tokenizer, progress=progress)
     with clock("build"):
-        return build_supernet(model, tokens, str(out), cfg, model_name=model_name, calibration=calib.describe(),
+        return build_supernet(model, tokens, str(out), cfg, model_name=run.model, calibration=calib.describe(),
                               progress=progress)
 
 
@@ -103,79 +102,82 @@ def make_budget(space: SearchSpace, cfg: SearchConfig, head_dim: int, context: i
     return Budget.from_sparsity(model, cfg.target_sparsity, cfg.tolerance)
 
 
-def starts(model, tokenizer, store: SupernetStore, space: SearchSpace, budget: Budget, cfg: SearchConfig,
-           calib: CalibrationConfig, *, batch_size: int, progress: bool, log: Log,
-           clock: PhaseClock) -> dict[str, Genome | StartProvider]:
-    """The run's starts (``cfg.start_names``), each computed by its registered
+def starts(model, tokenizer, store: SupernetStore, space: SearchSpace, budget: Budget, run: RunConfig, *,
+           log: Log, clock: PhaseClock) -> dict[str, Genome | StartProvider]:
+    """The run's starts (``run.search.start_names``), each computed by its registered
     :class:`~sparsearch.search.starts.Start` on ``space`` under ``budget`` (``model`` must be dense;
     clock phase ``baselines``). Starts that read activations share one pass over
-    ``cfg.baseline_samples`` calibration sequences; a start computed from probes (the knapsack)
-    is a provider that the engine calls with the run's fitness, its calls counted as ``probes``."""
+    ``baseline_samples`` calibration sequences; a start computed from probes (the knapsack) is a
+    provider that the engine calls with the run's fitness, its calls counted as ``probes``."""
+    cfg = run.search
     names = cfg.start_names
     reading = [n for n in names if STARTS[n].activations]
     tokens = None
     if reading:
         log(f"baselines: scoring {', '.join(reading)} on {cfg.baseline_samples} calibration sequences")
-        tokens = run_tokens.baseline_tokens(store.calibration(), calib, cfg.baseline_samples, model, tokenizer)
-    ctx = StartContext(space, budget, cfg.target_sparsity, seed=cfg.seed, progress=progress, log=log, model=model,
-                       activations=functools.cache(lambda: input_moments(model, tokens, batch_size)))
+        tokens = run_tokens.baseline_tokens(store.calibration(), run.calibration, cfg.baseline_samples, model,
+                                            tokenizer)
+    ctx = StartContext(space, budget, cfg.target_sparsity, seed=cfg.seed, progress=run.progress, log=log, model=model,
+                       activations=functools.cache(lambda: input_moments(model, tokens, run.fitness.batch_size)))
     with clock("baselines"):
         out = {name: STARTS[name].genome(ctx, cfg.start_config(name)) for name in names}
     return {name: clock.timed(g, "probes") if callable(g) else g for name, g in out.items()}
 
 
-def run_settings(cfg: SearchConfig, fitness: FitnessConfig, store: SupernetStore, tokens: torch.Tensor,
-                 train: TrainConfig | None = None, train_tokens: torch.Tensor | None = None,
-                 validation_tokens: torch.Tensor | None = None) -> dict[str, Any]:
+def run_tokens_of(model, tokenizer, run: RunConfig) -> dict[str, torch.Tensor | None]:
+    """The run's token splits (:data:`~sparsearch.launch.tokens.FILES`: fitness, training,
+    validation), drawn once into the run directory (or read back from it on resume)."""
+    plan = run_tokens.TokenPlan.of(run.calibration, run.fitness)
+    return {split: run_tokens.run_tokens(run.run_dir, run.calibration, plan, split, model, tokenizer,
+                                         resume=run.resume, progress=run.progress) for split in run_tokens.FILES}
+
+
+def run_settings(run: RunConfig, store: SupernetStore, drawn: dict[str, torch.Tensor | None]) -> dict[str, Any]:
     """What a resumed run must share with the original: everything that changes a score or the
-    budget (with training-aware stages, the training settings and tokens too)."""
+    budget (with training-aware stages, the training settings and tokens too); ``drawn``: the
+    run's tokens (:func:`run_tokens_of`)."""
+    cfg, fitness, validation = run.search, run.fitness, drawn["validation"]
     out = {"target_sparsity": cfg.target_sparsity, "cost": cfg.cost, "tolerance": cfg.tolerance,
            "schedule": [list(dataclasses.astuple(s)) for s in fitness.token_schedule.stages], "topk": fitness.topk,
-           "supernet": store.fingerprint, "fitness_tokens": tokens_fingerprint(tokens),
-           "validation_tokens": tokens_fingerprint(validation_tokens) if validation_tokens is not None else None,
+           "supernet": store.fingerprint, "fitness_tokens": tokens_fingerprint(drawn["fitness"]),
+           "validation_tokens": tokens_fingerprint(validation) if validation is not None else None,
            "patience": cfg.patience}
-    if train_tokens is not None:
-        out["training"] = {**as_dict(train or TrainConfig()), "tokens": tokens_fingerprint(train_tokens)}
+    if drawn["training"] is not None:
+        out["training"] = {**as_dict(run.train or TrainConfig()), "tokens": tokens_fingerprint(drawn["training"])}
     return out
 
 
-def search(
-    model, tokenizer, store: SupernetStore, cfg: SearchConfig, *, fitness: FitnessConfig, calib: CalibrationConfig,
-    run_dir: Path, resume: bool, log: Log, progress: bool,
-    model_spec: str | None = None, cluster: ClusterConfig = ClusterConfig(), trust_remote_code: bool = False,
-    train: TrainConfig = TrainConfig(), clock: PhaseClock | None = None,
-) -> SearchOutcome:
+def search(model, tokenizer, store: SupernetStore, run: RunConfig, *, log: Log,
+           clock: PhaseClock | None = None) -> SearchOutcome:
     """Search the budget allocation of ``store`` for ``model`` (dense on entry; stitched to the
-    best genome on return). Fitness runs in process, or on Ray actors (``cluster``), each of
-    which loads ``model_spec`` itself. ``train``: how training-aware stages train a candidate.
-    ``clock`` gets the phases ``sampling`` (the run's tokens), ``teacher``, ``probes``, ``search``
-    and ``selection``."""
+    best genome on return) with ``run``'s settings: its tokens, its starts, then its engine
+    (:data:`~sparsearch.search.registry.ENGINES`). Fitness runs in process, or on Ray actors
+    (``run.cluster``), each of which loads ``run.model`` itself. ``clock`` gets the phases
+    ``sampling`` (the run's tokens), ``baselines``, ``teacher``, ``probes``, ``search`` and
+    ``selection``."""
     clock = clock or PhaseClock()
-    space = store.space()
+    cfg, space = run.search, store.space()
     budget_of = functools.partial(make_budget, cfg=cfg, head_dim=store.manifest["model"]["shape"]["head_dim"],
-                                  context=calib.seqlen)
+                                  context=run.calibration.seqlen)
     budget = budget_of(space)
     budget.require_feasible()  # before anything is written or scored
-    plan = run_tokens.TokenPlan.of(calib, fitness)
     with clock("sampling"):
-        drawn = {split: run_tokens.run_tokens(run_dir, calib, plan, split, model, tokenizer, resume=resume,
-                                              progress=progress) for split in run_tokens.FILES}
-    factory = FitnessFactory(model, model_spec=model_spec or store.manifest["model"]["name"], run_dir=run_dir,
-                             tokens=drawn["fitness"], fitness=fitness, cluster=cluster, seed=cfg.seed,
-                             trust_remote_code=trust_remote_code, train=train, train_tokens=drawn["training"],
+        drawn = run_tokens_of(model, tokenizer, run)
+    factory = FitnessFactory(model, model_spec=run.model or store.manifest["model"]["name"], run_dir=run.run_dir,
+                             tokens=drawn["fitness"], fitness=run.fitness, cluster=run.cluster, seed=cfg.seed,
+                             trust_remote_code=run.trust_remote_code, train=run.train, train_tokens=drawn["training"],
                              validation_tokens=drawn["validation"])
-    begun = starts(model, tokenizer, store, space, budget, cfg, calib, batch_size=fitness.batch_size,
-                   progress=progress, log=log, clock=clock)
+    begun = starts(model, tokenizer, store, space, budget, run, log=log, clock=clock)
     with clock("teacher"):
-        session = Session(model, store, factory.open(store), factory, run_dir, budget_of, progress=progress, log=log)
+        session = Session(model, store, factory.open(store), factory, run.run_dir, budget_of, progress=run.progress,
+                          log=log)
     try:
         engine = make_engine(cfg.engine, space, budget, TimedFitness(session.fitness, clock), cfg.engine_config,
-                             session=session, run_dir=str(run_dir), seed=cfg.seed, log=log, starts=begun,
+                             session=session, run_dir=str(run.run_dir), seed=cfg.seed, log=log, starts=begun,
                              patience=cfg.patience)
         with clock("search"):
-            result = engine.run(resume=resume, settings=run_settings(
-                cfg, fitness, store, drawn["fitness"], train, drawn["training"], drawn["validation"]))
-        found = _found(engine, result, session, space, cfg, fitness)
+            result = engine.run(resume=run.resume, settings=run_settings(run, store, drawn))
+        found = _found(engine, result, session, space, run)
     finally:
         if factory.distributed:
             session.fitness.close()
@@ -184,14 +186,14 @@ def search(
                          validation_tokens=0 if drawn["validation"] is None else drawn["validation"].numel())
 
 
-def _found(engine: Engine, result: Result, session: Session, first_space: SearchSpace, cfg: SearchConfig,
-           fitness: FitnessConfig) -> dict[str, Any]:
+def _found(engine: Engine, result: Result, session: Session, first_space: SearchSpace,
+           run: RunConfig) -> dict[str, Any]:
     """What the run found, on the supernet and fitness it ended on: the :class:`SearchOutcome`
     fields but the stitched model's."""
-    space, schedule = engine.space, fitness.token_schedule
+    space, schedule = engine.space, run.fitness.token_schedule
     baselines = {n: {"genome": list(g), "kl": result.start_scores[n], "sparsity": space.sparsity(g)}
                  for n, g in engine.starts.items()}
-    uniform = space.uniform(cfg.target_sparsity)
+    uniform = space.uniform(run.search.target_sparsity)
     scored = baselines.get("uniform")
     if space is first_space and scored is not None and tuple(scored["genome"]) == uniform:
         uniform_score = scored["kl"]  # scored as a start already, on the same supernet

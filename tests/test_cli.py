@@ -238,9 +238,8 @@ def test_search_can_start_from_the_best_baseline(capsys, tmp_path, model_dir):
 def test_shipped_presets_load_into_the_configs(tmp_path):
     import yaml
 
-    from sparsearch.fitness.config import FitnessConfig
-    from sparsearch.launch.cli import calibration_config, parse_args, search_config
-    from sparsearch.supernet.config import SupernetConfig
+    from sparsearch.launch.cli import parse_args
+    from sparsearch.launch.runconfig import run_config
 
     root = Path(__file__).resolve().parents[1] / "launch" / "presets"
     presets = sorted(root.glob("*.yaml"))
@@ -248,35 +247,39 @@ def test_shipped_presets_load_into_the_configs(tmp_path):
     for preset in presets:
         raw = yaml.safe_load(preset.read_text())
         _, o = parse_args(["run", "--config", str(preset), "--run-dir", str(tmp_path)])
-        search, calib = search_config(o, print), calibration_config(o)
-        supernet, fitness = o.config(SupernetConfig), o.config(FitnessConfig)
+        run = run_config(o, log=print)
+        search, calib, supernet, fitness = run.search, run.calibration, run.supernet, run.fitness
         assert search.engine == raw["engine"] and search.target_sparsity == raw["target-sparsity"]
         assert search.engine_config.generations == raw["generations"]
         assert search.engine_config.offspring == raw["offspring"]
         assert fitness.schedule == raw["schedule"] and calib.samples == raw["calib-samples"]
-        assert supernet.mlp_alignment == raw["mlp-alignment"] and o.model == raw["model"]
+        assert supernet.mlp_alignment == raw["mlp-alignment"] and run.model == raw["model"]
         # flags given on the command line win over the preset
         _, o = parse_args(["run", "--config", str(preset), "--generations", "7", "--calib-text", "t.txt"])
-        assert search_config(o, print).engine_config.generations == 7
-        assert calibration_config(o).source == "text"
+        run = run_config(o, log=print)
+        assert run.search.engine_config.generations == 7 and run.calibration.source == "text"
 
 
 def test_flag_defaults_are_the_config_defaults():
     """There is one default per setting: a command line with no flags builds the dataclasses' defaults."""
-    from sparsearch.fitness.config import FitnessConfig
+    from sparsearch.fitness.config import FitnessConfig, TrainConfig
     from sparsearch.fitness.data import CalibrationConfig
-    from sparsearch.launch.cli import calibration_config, parse_args, search_config
+    from sparsearch.launch.cli import parse_args
+    from sparsearch.launch.cluster import ClusterConfig
     from sparsearch.launch.config import SearchConfig
-    from sparsearch.search.registry import ENGINES
+    from sparsearch.launch.heldout import HeldoutConfig
+    from sparsearch.launch.runconfig import run_config
     from sparsearch.supernet.config import SupernetConfig
 
     for name, entry in ENGINES.items():
         _, o = parse_args(["run", "--engine", name])
-        cfg = search_config(o, print)
+        cfg = run_config(o, log=print).search
         assert cfg == SearchConfig(engine=name) and cfg.engine_config == entry.config()
     _, o = parse_args(["run"])
-    assert o.config(SupernetConfig) == SupernetConfig() and o.config(FitnessConfig) == FitnessConfig()
-    assert calibration_config(o) == CalibrationConfig()
+    run = run_config(o)
+    assert run.supernet == SupernetConfig() and run.fitness == FitnessConfig() and run.train == TrainConfig()
+    assert run.calibration == CalibrationConfig() and run.heldout == HeldoutConfig() and run.cluster == ClusterConfig()
+    assert run.heal is None and run.model == "smollm2-135m" and run.progress
     r = _run("-m", "sparsearch.launch.cli", "search", "--help")
     assert "--generations GENERATIONS" in r.stdout and "(default: 20)" in r.stdout
 
