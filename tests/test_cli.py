@@ -260,6 +260,26 @@ def test_shipped_presets_load_into_the_configs(tmp_path):
         assert run.search.engine_config.generations == 7 and run.calibration.source == "text"
 
 
+def test_a_command_builds_each_config_once_into_a_validated_run_config(tmp_path, monkeypatch, capsys):
+    from sparsearch.base.errors import ConfigError
+    from sparsearch.launch.config import SearchConfig
+    from sparsearch.launch.options import Resolved
+    from sparsearch.launch.runconfig import RunConfig
+    from tests.helpers.tiny import tiny_model
+
+    built, real = [], Resolved.config
+    monkeypatch.setattr(Resolved, "config", lambda self, cls, **kw: built.append(cls) or real(self, cls, **kw))
+    tiny_model("llama", layers=2).config.save_pretrained(tmp_path / "cfg")
+    assert main(["plan", "--model", str(tmp_path / "cfg"), "--engine", "evolution", "--init", "knapsack"]) == 0
+    assert len(built) == len(set(built)) >= 8, built  # search, engine, start, supernet, calibration, fitness, ...
+    with pytest.raises(ConfigError, match="seed must be within"):
+        RunConfig(seed=-1)
+    with pytest.raises(ConfigError, match="search.seed must be the run's seed 0"):
+        RunConfig(search=SearchConfig(seed=1))
+    with pytest.raises(ConfigError, match="complete"):
+        RunConfig(search=SearchConfig())
+
+
 def test_flag_defaults_are_the_config_defaults():
     """There is one default per setting: a command line with no flags builds the dataclasses' defaults."""
     from sparsearch.fitness.config import FitnessConfig, TrainConfig
