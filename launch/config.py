@@ -54,10 +54,12 @@ class SearchConfig:
     def start_names(self) -> tuple[str, ...]:
         """The starts (:data:`~sparsearch.search.registry.STARTS`) a run computes and scores: a
         one-shot engine's own; for a search, its ``init`` (all of the free ones for ``best``; none
-        for the uniform start, which the engine makes itself)."""
+        for an implicit start, which the engine makes itself)."""
         if self.engine in ONE_SHOT:
             return (self.engine,)
-        return {"uniform": (), BEST_START: BEST_STARTS}.get(self.init, (self.init,))
+        if self.init == BEST_START:
+            return BEST_STARTS
+        return () if STARTS[self.init].implicit else (self.init,)
 
     def start_config(self, name: str) -> Any:
         """The settings of start ``name``: the engine's when it is the engine, the ``init``'s when it

@@ -44,7 +44,7 @@ ENGINES: dict[str, Entry] = {
 }
 
 STARTS: dict[str, Start] = {
-    "uniform": Start("sparsearch.search.starts:uniform"),
+    "uniform": Start("sparsearch.search.starts:uniform", implicit=True),
     "owl": Start("sparsearch.supernet.owl:owl_start", activations=True),
     "flap": Start("sparsearch.supernet.flap:flap_start", activations=True),
     "knapsack": Start("sparsearch.search.starts:knapsack", KnapsackConfig, engine=KnapsackAllocation),

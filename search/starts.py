@@ -58,12 +58,15 @@ class Start:
     ``config``: its settings dataclass (flags of ``--engine NAME`` and ``--init NAME``);
     ``engine``: the one-shot engine class that scores it alone (its ``probes_fitness`` says whether
     the start costs evaluations); ``activations``: it calls ``ctx.activations()``, so the run draws
-    the calibration sequences they are measured on."""
+    the calibration sequences they are measured on; ``implicit``: it is where every engine starts
+    when given no start (:meth:`~sparsearch.search.engine.Engine.uniform_genome`), so as ``--init``
+    the run computes nothing."""
 
     compute: str
     config: type = OneShotConfig
     engine: type[OneShotEngine] = OneShotEngine
     activations: bool = False
+    implicit: bool = False
 
     @property
     def probes_fitness(self) -> bool:
