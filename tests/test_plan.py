@@ -39,12 +39,12 @@ def test_plan_needs_only_a_config_json(tmp_path, capsys):
             "--offspring", "4", "--schedule", "4:64,1:256", "--calib-samples", "16", "--calib-seqlen", "32"]
     assert main(args) == 0
     default = json.loads(capsys.readouterr().out)["search"]
-    # the default start: the knapsack's 8 units x 8 levels + 1 probes on the last stage, the allocation
-    # scored there; on the validation split (4 x 256 tokens): 5 generations' bests, the start, the
+    # the default start: the knapsack's 8 units x 8 levels + 1 probes on the first stage, the allocation
+    # scored on the last; on the validation split (4 x 256 tokens): 5 generations' bests, the start, the
     # uniform genome and the final best
     assert default["init"] == "knapsack"
-    assert default["evaluations_per_stage"] == {"0": 20, "1": 27 + 65 + 1, "validation": 5 + 1 + 2}
-    assert default["forward_tokens"] == 20 * 64 + 93 * 256 + 8 * 1024
+    assert default["evaluations_per_stage"] == {"0": 20 + 65, "1": 27 + 1, "validation": 5 + 1 + 2}
+    assert default["forward_tokens"] == 85 * 64 + 28 * 256 + 8 * 1024
     assert main(args + ["--init", "uniform", "--validation", "0"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["supernet"]["units"] == 8 and out["supernet"]["disk_bytes"] > 0
