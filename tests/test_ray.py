@@ -183,25 +183,30 @@ def test_cluster_launcher_configs_are_valid(name):
 
 
 def test_the_venv_is_activated_before_debians_non_interactive_guard(tmp_path):
-    """The setup line puts the activation first in ~/.bashrc (an old line after the guard goes):
-    a non-interactive shell that reads ~/.bashrc (`ssh host cmd`) gets the venv; twice is once.
-    Ray starts from the venv, so its workers and Ray Jobs inherit it in any shell."""
+    """The setup line puts the activation just before Debian's non-interactive guard in ~/.bashrc (an
+    old line after the guard goes), so a non-interactive shell that reads ~/.bashrc (`ssh host cmd`)
+    gets the venv, and again last, so an interactive shell (`ray exec`, the setup commands) ends in
+    it, even when the host's ~/.bashrc activates another environment first; twice is once. Ray starts from the venv, so its workers and
+    Ray Jobs inherit it in any shell."""
     for name in ("cluster.yaml", "local-cluster.yaml"):
         config = yaml.safe_load((ROOT / "launch" / name).read_text())
         home = tmp_path / name
-        (home / "sparsearch-venv" / "bin").mkdir(parents=True)
-        (home / "sparsearch-venv" / "bin" / "activate").write_text("export IN_SPARSEARCH_VENV=1\n")
+        for venv, mark in (("sparsearch-venv", "sparsearch"), ("other-venv", "other")):
+            (home / venv / "bin").mkdir(parents=True)
+            (home / venv / "bin" / "activate").write_text(f"export VENV={mark}\n")
+        other = "source ~/other-venv/bin/activate\n"  # e.g. conda's base, activated by the host
         debian = 'case $- in\n    *i*) ;;\n      *) return;;\nesac\nHISTSIZE=1000\n'
-        (home / ".bashrc").write_text(debian + "source ~/sparsearch-venv/bin/activate\n")  # the old setup's line
+        (home / ".bashrc").write_text(other + debian + "source ~/sparsearch-venv/bin/activate\n")  # the old line
         setup = next(c for c in config["setup_commands"] if ".bashrc" in c)
         env = {"HOME": str(home), "PATH": os.environ["PATH"]}
         for _ in range(2):
             subprocess.run(["bash", "-c", setup], env=env, check=True)
-        rc = (home / ".bashrc").read_text()
-        assert rc.count("sparsearch-venv/bin/activate") == 1 and rc.endswith(debian), rc
-        shell = subprocess.run(["bash", "-c", "source ~/.bashrc; echo ${IN_SPARSEARCH_VENV:-none}"], env=env,
-                               capture_output=True, text=True, check=True)
-        assert shell.stdout.strip() == "1"
+        line = "source ~/sparsearch-venv/bin/activate\n"
+        assert (home / ".bashrc").read_text() == other + line + debian + line
+        for flags in (["-c"], ["-i", "-c"]):  # non-interactive: stops at the guard; interactive: reads it all
+            shell = subprocess.run(["bash", *flags, "source ~/.bashrc; echo ${VENV:-none}"], env=env,
+                                   capture_output=True, text=True, check=True)
+            assert shell.stdout.strip().splitlines()[-1] == "sparsearch", (flags, shell.stdout, shell.stderr)
         for cmd in config["head_start_ray_commands"] + config["worker_start_ray_commands"]:
             assert cmd.startswith(("source ~/sparsearch-venv/bin/activate && ray ", "~/sparsearch-venv/bin/ray ")), cmd
 
