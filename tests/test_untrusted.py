@@ -416,27 +416,17 @@ def _holder(folder: Path) -> subprocess.Popen:
     return p
 
 
-@pytest.mark.parametrize("kind", ["search", "export", "report", "heal"])
-def test_a_second_writer_is_told_the_holders_pid(made, tmp_path, capsys, kind):
-    tmp = copied(made, tmp_path, "sn", "run")
-    holder = _holder(tmp / "run")
+@pytest.mark.parametrize("kind, folders, held, words", [
+    *[(kind, ("sn", "run"), "run", "in use by process {pid}") for kind in ("search", "export", "report", "heal")],
+    ("build", ("partial",), "partial", "supernet {folder} is in use by process {pid}"),
+])
+def test_a_second_writer_is_told_the_holders_pid(made, tmp_path, capsys, kind, folders, held, words):
+    tmp = copied(made, tmp_path, *folders)
+    holder = _holder(tmp / held)
     try:
         before = tree(tmp)
         line = one_error(capsys, *_command(made, tmp, kind))
-        assert f"in use by process {holder.pid}" in line, line
-        assert tree(tmp) == before
-    finally:
-        holder.kill()
-        holder.wait()
-
-
-def test_a_second_supernet_build_is_told_the_holders_pid(made, tmp_path, capsys):
-    tmp = copied(made, tmp_path, "partial")
-    holder = _holder(tmp / "partial")
-    try:
-        before = tree(tmp)
-        line = one_error(capsys, *_command(made, tmp, "build"))
-        assert f"supernet {tmp / 'partial'} is in use by process {holder.pid}" in line, line
+        assert words.format(folder=tmp / held, pid=holder.pid) in line, line
         assert tree(tmp) == before
     finally:
         holder.kill()
