@@ -137,7 +137,7 @@ class KnapsackStart:
         """Score ``genomes`` on ``stage`` in one batch (they share the hidden states before the unit
         each changes), with a progress bar and one summary line."""
         started = time.perf_counter()
-        cached = len(set(genomes) & {g for (g, st, sample) in fitness.cache if st == stage and sample == 0})
+        cached = sum((g, stage, 0) in fitness.cache for g in dict.fromkeys(genomes))
         with tqdm(total=len(genomes), initial=cached, desc=desc, unit="probe", disable=not self.progress) as bar:
             scores = fitness.evaluate(genomes, stage, on_score=lambda: bar.update(1))
         if self.log is not None:
