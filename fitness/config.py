@@ -11,6 +11,7 @@ from sparsearch.base.settings import require, require_choice, setting
 from sparsearch.base.errors import ConfigError
 
 DEFAULT_SCHEDULE = "4:512,2:1024,1:2048"
+FITNESS_SOURCES = ("auto", "calibration", "python-docs")
 SCHEDULES = ("constant", "cosine")
 
 
@@ -18,8 +19,13 @@ SCHEDULES = ("constant", "cosine")
 class FitnessConfig:
     """``schedule``: stages ``survivors:tokens[:train_tokens]`` (or a preset name); ``topk``:
     teacher logits kept per token; ``batch_size``: sequences per scoring forward pass; ``pool``:
-    the fitness tokens drawn from the calibration source, as a multiple of the last stage's;
-    ``validation``: the validation split, likewise (scored as stage :data:`~sparsearch.search.fitness.VALIDATION`)."""
+    the fitness tokens drawn from ``source``, as a multiple of the last stage's;
+    ``validation``: the validation split, likewise (scored as stage :data:`~sparsearch.search.fitness.VALIDATION`);
+    ``source``: where the fitness, validation and training tokens come from (``calibration``: the
+    calibration source; ``python-docs``: Python's reference text; ``auto``: Python's reference text
+    when the calibration samples the model itself, else the calibration source). A model's own
+    samples calibrate its supernet well but score allocations worse than real text does
+    (docs/benchmarks.md); a user's own text or dataset is used for both."""
 
     schedule: str = setting(DEFAULT_SCHEDULE, "fitness stages survivors:tokens[:train_tokens],... or a preset: "
                             + ", ".join(PRESETS), metavar="STAGES")
@@ -27,9 +33,13 @@ class FitnessConfig:
     batch_size: int = setting(4, "sequences per scoring forward pass", flag="eval-batch-size", metavar="N")
     pool: int = setting(4, "fitness token pool, in multiples of the last stage's tokens: evolution scores each "
                         "generation on fresh batches drawn from it", flag="fitness-pool", metavar="X")
-    validation: int = setting(4, "validation split of the calibration source that no fitness evaluation sees, in "
+    validation: int = setting(4, "validation split of the fitness source that no fitness evaluation sees, in "
                               "multiples of the last stage's tokens: the run's genome is the candidate that scores "
                               "best on it (0: off, the search's own best)", metavar="X")
+    source: str = setting("auto", "where fitness, validation and training tokens come from: the calibration source, "
+                          "Python's reference text (python-docs, shipped with Python), or auto: python-docs when the "
+                          "calibration samples the model (the default), else the calibration source",
+                          flag="fitness-source", choices=FITNESS_SOURCES)
 
     def __post_init__(self) -> None:
         self.token_schedule  # validates
@@ -37,6 +47,7 @@ class FitnessConfig:
         require(self.batch_size >= 1, "eval_batch_size", self.batch_size, ">= 1")
         require(self.pool >= 1, "fitness_pool", self.pool, ">= 1")
         require(self.validation >= 0, "validation", self.validation, ">= 0")
+        require_choice("fitness_source", self.source, FITNESS_SOURCES)
 
     @property
     def token_schedule(self) -> TokenSchedule:

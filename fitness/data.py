@@ -1,4 +1,5 @@
-"""Token sources: a text file, a ``datasets`` dataset, or text sampled from the dense model.
+"""Token sources: a text file, a ``datasets`` dataset, Python's own reference text, or text
+sampled from the dense model.
 
 All return an ``N x T`` tensor of token ids, reproducible for a given seed. Calibration and
 fitness tokens come from here; held-out perplexity text must be another source.
@@ -20,7 +21,8 @@ from sparsearch.base.settings import require, require_choice, setting
 from sparsearch.base.errors import SparsearchError, SparsearchWarning, first_line
 from sparsearch.supernet.modules import cache_keyword, output_cache
 
-SOURCES = ("self", "text", "dataset")
+SOURCES = ("self", "text", "dataset", "python-docs")
+LOCATED = ("text", "dataset")  # the sources that name a file or dataset
 _LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
@@ -28,11 +30,11 @@ _LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet":
 class CalibrationConfig:
     """Where calibration tokens come from and how many.
 
-    source: ``self`` (sampled from the dense model, no data needed), ``text`` (a file) or
+    source: ``self`` (sampled from the dense model, no data needed), ``text`` (a file),
     ``dataset`` (a ``datasets`` spec ``NAME[:CONFIG[:SPLIT[:FIELD]]]``, split ``train`` and field
-    ``text`` by default; NAME may be a local .json/.jsonl/.csv/.parquet file). ``location`` is
-    the file or the spec (on the command line: ``--calib-self``, ``--calib-text FILE`` or
-    ``--calib-dataset SPEC``).
+    ``text`` by default; NAME may be a local .json/.jsonl/.csv/.parquet file) or ``python-docs``
+    (:func:`python_docs_text`, what a search scores on by default). ``location`` is the file or
+    the spec (on the command line: ``--calib-self``, ``--calib-text FILE`` or ``--calib-dataset SPEC``).
     """
 
     source: str = setting("self", "calibration source", choices=SOURCES, cli=False)
@@ -45,7 +47,7 @@ class CalibrationConfig:
 
     def __post_init__(self) -> None:
         require_choice("calibration source", self.source, SOURCES)
-        require(self.source == "self" or bool(self.location), "calibration location", self.location,
+        require(self.source not in LOCATED or bool(self.location), "calibration location", self.location,
                 f"a file or dataset spec for source {self.source!r}")
         require(self.samples >= 1, "calib_samples", self.samples, ">= 1")
         require(self.seqlen >= 2, "calib_seqlen", self.seqlen, ">= 2")
@@ -208,9 +210,26 @@ def sample_from_model(
     return torch.cat(out)
 
 
+def python_docs_text() -> str | None:
+    """Python's reference text: the topics of the language reference that ``pydoc`` shows
+    (``help("assert")``, ...), shipped inside CPython as :mod:`pydoc_data` (about 465,000
+    characters, no download), joined in sorted topic order; ``None`` in a Python without it."""
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:
+        return None
+    return "\n\n".join(topics[k] for k in sorted(topics))
+
+
 def read_source_ids(cfg: CalibrationConfig, tokenizer) -> torch.Tensor:
-    """The token ids of a text or dataset source, as one 1-D stream."""
-    text = read_text(cfg.location) if cfg.source == "text" else dataset_text(cfg.location)
+    """The token ids of a text, dataset or python-docs source, as one 1-D stream."""
+    if cfg.source == "python-docs":
+        text = python_docs_text()
+        if text is None:
+            raise SparsearchError("this Python has no pydoc_data (Python's reference text); "
+                                  "choose --fitness-source calibration")
+    else:
+        text = read_text(cfg.location) if cfg.source == "text" else dataset_text(cfg.location)
     return tokenize_text(text, tokenizer)
 
 

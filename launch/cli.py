@@ -320,7 +320,7 @@ def _summary(run: RunConfig, outcome, windows, started: float, clock) -> dict[st
 
     where = where_ran(run.run_dir)  # each evaluator's node, GPUs and CPUs, and the supernet builder's
     extra: dict[str, Any] = {"workers": len(where["workers"]), "nodes": outcome.nodes, "cluster": where,
-                             "calibration": run.calibration.describe()}
+                             "calibration": run.calibration.describe(), "fitness_source": run.scoring.describe()}
     if windows is not None:
         run.log(f"held-out perplexity on {windows.shape[0]} windows of {run.heldout.text}")
         extra["heldout"] = heldout_perplexity(run.heldout, windows, outcome.stitcher, outcome.result.best_genome,

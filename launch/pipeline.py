@@ -128,20 +128,21 @@ def run_tokens_of(model, tokenizer, run: RunConfig) -> dict[str, torch.Tensor | 
     """The run's token splits (:data:`~sparsearch.launch.tokens.FILES`: fitness, training,
     validation), drawn once into the run directory (or read back from it on resume)."""
     plan = run_tokens.TokenPlan.of(run.calibration, run.fitness)
-    return {split: run_tokens.run_tokens(run.run_dir, run.calibration, plan, split, model, tokenizer,
+    return {split: run_tokens.run_tokens(run.run_dir, run.scoring, plan, split, model, tokenizer,
                                          resume=run.resume, progress=run.progress) for split in run_tokens.FILES}
 
 
 def run_settings(run: RunConfig, store: SupernetStore, drawn: dict[str, torch.Tensor | None]) -> dict[str, Any]:
     """What a resumed run must share with the original: everything that changes a score or the
-    budget (with training-aware stages, the training settings and tokens too); ``drawn``: the
-    run's tokens (:func:`run_tokens_of`)."""
+    budget, the sources its tokens were drawn from (with training-aware stages, the training
+    settings and tokens too); ``drawn``: the run's tokens (:func:`run_tokens_of`)."""
     cfg, fitness, validation = run.search, run.fitness, drawn["validation"]
     out = {"target_sparsity": cfg.target_sparsity, "cost": cfg.cost, "tolerance": cfg.tolerance,
            "schedule": [list(dataclasses.astuple(s)) for s in fitness.token_schedule.stages], "topk": fitness.topk,
            "supernet": store.fingerprint, "fitness_tokens": tokens_fingerprint(drawn["fitness"]),
            "validation_tokens": tokens_fingerprint(validation) if validation is not None else None,
-           "patience": cfg.patience}
+           "patience": cfg.patience, "calibration": run.calibration.describe(),
+           "fitness_source": run.scoring.describe()}
     if drawn["training"] is not None:
         out["training"] = {**as_dict(run.train or TrainConfig()), "tokens": tokens_fingerprint(drawn["training"])}
     return out

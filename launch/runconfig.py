@@ -23,6 +23,7 @@ from sparsearch.launch.config import SearchConfig
 from sparsearch.launch.heal import HealConfig
 from sparsearch.launch.heldout import HeldoutConfig
 from sparsearch.launch.options import Resolved
+from sparsearch.launch.tokens import fitness_source
 from sparsearch.search.registry import ENGINES
 from sparsearch.supernet.config import SupernetConfig
 
@@ -34,7 +35,9 @@ Source = tuple[str, "str | None"]  # a calibration source and its location
 class RunConfig:
     """``model``: alias, folder, .gguf file or hub id (``None``: the command takes it from a run);
     ``dtype``/``device``: how it is loaded; ``progress``: progress bars and log lines (not
-    ``--quiet``). ``search`` ... ``heal``: the command's typed configs (``None`` where it has none)."""
+    ``--quiet``). ``search`` ... ``heal``: the command's typed configs (``None`` where it has none);
+    ``scoring``: where a search's fitness, validation and training tokens come from
+    (:func:`~sparsearch.launch.tokens.fitness_source` of its calibration and fitness configs)."""
 
     model: str | None = None
     dtype: str = "auto"
@@ -47,6 +50,7 @@ class RunConfig:
     search: SearchConfig | None = None
     fitness: FitnessConfig | None = None
     calibration: CalibrationConfig | None = None
+    scoring: CalibrationConfig | None = None  # the fitness, validation and training splits' source
     supernet: SupernetConfig | None = None
     train: TrainConfig | None = None
     heldout: HeldoutConfig | None = None
@@ -122,12 +126,14 @@ def run_config(o: Resolved, *, calibration: Callable[[Resolved], Source] | None 
     supernet = typed(SupernetConfig)
     calib = calibration_config(o, calibration(o) if calibration else ("self", None)) \
         if CalibrationConfig in has else None
+    fitness = typed(FitnessConfig)
     if v.get("heal_tokens"):  # run --heal-tokens N: healing sequences as long as the calibration's
         heal = HealConfig(tokens=v["heal_tokens"], seqlen=calib.seqlen)
     return RunConfig(
         model=v.get("model"), dtype=v.get("dtype", "auto"), device=v.get("device", "auto"),
         trust_remote_code=v.get("trust_remote_code", False), run_dir=Path(v["run_dir"]) if v.get("run_dir") else None,
         resume=v.get("resume", False), seed=v.get("seed", 0), progress=not v.get("quiet", False), search=search,
-        heal=heal, supernet=supernet, calibration=calib, fitness=typed(FitnessConfig), train=typed(TrainConfig),
+        heal=heal, supernet=supernet, calibration=calib, fitness=fitness, train=typed(TrainConfig),
+        scoring=fitness_source(calib, fitness) if calib and fitness else None,
         heldout=typed(HeldoutConfig), cluster=typed(ClusterConfig),
     )

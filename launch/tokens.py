@@ -1,8 +1,11 @@
 """Every token draw of a run, in one place: the supernet's calibration, the fitness pool, the
 validation split, the training tokens of training-aware stages, the baselines' activations, heal's data.
 
-All come from the run's calibration source (:class:`~sparsearch.fitness.data.CalibrationConfig`),
-and the splits a search scores on never share a sequence:
+The supernet's calibration (and the baselines' and heal's data) come from the run's calibration
+source (:class:`~sparsearch.fitness.data.CalibrationConfig`); the fitness, validation and
+training splits from its fitness source (:func:`fitness_source`: by default Python's reference
+text when the calibration samples the model, else the calibration source). The splits a search
+scores on never share a sequence:
 
 - ``self`` (sampled from the dense model): each split samples its own sequences with its own seed,
   the run's seed plus the split's offset (:data:`SEED_OFFSETS`);
@@ -30,7 +33,7 @@ from sparsearch.base.atomic import atomic_write
 from sparsearch.base.errors import SparsearchError
 from sparsearch.base.tensorfiles import read_tensors, tensors_bytes
 from sparsearch.fitness.config import FitnessConfig
-from sparsearch.fitness.data import CalibrationConfig, read_source_ids, sample_from_model, windows
+from sparsearch.fitness.data import CalibrationConfig, python_docs_text, read_source_ids, sample_from_model, windows
 
 SEED_OFFSETS = {"calibration": 0, "fitness": 1, "training": 2, "validation": 3}
 FILES = {"fitness": "fitness_tokens.safetensors", "training": "train_tokens.safetensors",
@@ -61,6 +64,18 @@ class TokenPlan:
         return getattr(self, split)
 
 
+def fitness_source(calib: CalibrationConfig, fitness: FitnessConfig) -> CalibrationConfig:
+    """The source of a search's fitness, validation and training splits: ``fitness.source``, with
+    ``auto`` resolved (Python's reference text for a self-sampling calibration when this Python
+    ships it, else the calibration source); sequence length and seed are the calibration's."""
+    source = fitness.source
+    if source == "auto":
+        source = "python-docs" if calib.source == "self" and python_docs_text() is not None else "calibration"
+    if source == "calibration":
+        return calib
+    return dataclasses.replace(calib, source=source, location=None)
+
+
 def draw(calib: CalibrationConfig, plan: TokenPlan, split: str, model, tokenizer, *, progress: bool = False,
          rows: int | None = None) -> torch.Tensor:
     """The ``split``'s ``rows`` (default: the plan's) sequences, ``rows x plan.seqlen`` token ids."""
@@ -73,7 +88,8 @@ def draw(calib: CalibrationConfig, plan: TokenPlan, split: str, model, tokenizer
     back = {s: plan.rows(s) for s in BACK_ORDER}
     if back["validation"] + back["fitness"] > slots:
         raise SparsearchError(
-            f"the calibration text has {slots} windows of {plan.seqlen} tokens; the fitness pool and the validation "
+            f"the {'fitness' if split != 'calibration' else 'calibration'} source {calib.location or calib.source} "
+            f"has {slots} windows of {plan.seqlen} tokens; the fitness pool and the validation "
             f"split need {back['fitness'] + back['validation']} that do not overlap (a longer text, fewer "
             "--fitness-pool or --validation, or a shorter --calib-seqlen)")
     if split == "calibration":

@@ -345,3 +345,41 @@ def test_interrupted_supernet_build_resumes_with_its_stored_calibration(capsys, 
     assert main(args) == 0
     assert sampled == []  # the self-generated calibration was not sampled again
     assert SupernetStore.open(tmp_path / "sn").manifest["complete"]
+
+
+def test_a_self_calibrated_search_scores_on_pythons_reference_text(capsys, tmp_path, model_dir):
+    """The default: the supernet calibrated on the model's own samples, the search's fitness and
+    validation tokens windows of Python's reference text (``pydoc_data``); ``--fitness-source
+    calibration`` scores on the model's samples instead; a resume under another source is refused
+    naming it."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from sparsearch.fitness.data import python_docs_text, tokenize_text
+
+    m = str(model_dir / "model")
+    common = ["--model", m, "--calib-samples", "4", "--calib-seqlen", "32", "--quiet"]
+    sn = tmp_path / "sn"
+    assert main(["supernet", *common, "--out", str(sn), "--mlp-alignment", "8"]) == 0
+    search = ["search", *common, "--supernet", str(sn), "--schedule", "1:64", "--generations", "1",
+              "--offspring", "2", "--validation", "2"]
+    docs, own = tmp_path / "docs", tmp_path / "own"
+    assert main([*search, "--run-dir", str(docs)]) == 0
+    assert main([*search, "--run-dir", str(own), "--fitness-source", "calibration"]) == 0
+    summary = json.loads((docs / "summary.json").read_text())
+    assert summary["calibration"]["source"] == "self" and summary["fitness_source"]["source"] == "python-docs"
+    assert json.loads((own / "summary.json").read_text())["fitness_source"]["source"] == "self"
+
+    ids = tokenize_text(python_docs_text(), AutoTokenizer.from_pretrained(m))
+    text_windows = {tuple(ids[i * 32:(i + 1) * 32].tolist()) for i in range(ids.numel() // 32)}
+    for split in ("fitness", "validation"):
+        rows = {tuple(r) for r in load_file(str(docs / f"{split}_tokens.safetensors"))["tokens"].tolist()}
+        assert len(rows) == {"fitness": 8, "validation": 4}[split] and rows <= text_windows, split
+        sampled = {tuple(r) for r in load_file(str(own / f"{split}_tokens.safetensors"))["tokens"].tolist()}
+        assert not sampled & text_windows, split  # the model's own samples are not windows of the text
+
+    capsys.readouterr()
+    code = main([*search, "--run-dir", str(docs), "--fitness-source", "calibration", "--resume"])
+    assert "cannot resume: fitness_source was" in _one_error_line(capsys, code)
+    code = main([*search, "--run-dir", str(docs), "--calib-text", str(model_dir / "text.txt"), "--resume"])
+    assert "cannot resume: calibration was" in _one_error_line(capsys, code)

@@ -8,8 +8,8 @@ import torch
 from tests.helpers.tiny import TEXT, tiny_tokenizer
 from sparsearch.base.errors import SparsearchError
 from sparsearch.fitness.config import FitnessConfig
-from sparsearch.fitness.data import CalibrationConfig, read_source_ids
-from sparsearch.launch.tokens import FILES, TokenPlan, draw, run_tokens
+from sparsearch.fitness.data import CalibrationConfig, python_docs_text, read_source_ids, tokenize_text
+from sparsearch.launch.tokens import FILES, TokenPlan, draw, fitness_source, run_tokens
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +74,28 @@ def test_a_new_run_draws_again_and_only_a_resume_reuses(text, tmp_path):
     (tmp_path / FILES["fitness"]).write_bytes(b"\x80\x04not safetensors")
     with pytest.raises(SparsearchError, match="not a readable safetensors file"):
         run_tokens(tmp_path, other, plan, "fitness", None, tok, resume=True)
+
+
+@pytest.mark.parametrize("calib_source, setting, expected", [
+    ("self", "auto", "python-docs"), ("text", "auto", "text"), ("self", "calibration", "self"),
+    ("text", "python-docs", "python-docs"), ("dataset", "auto", "dataset")])
+def test_the_fitness_source_is_python_docs_only_for_a_self_sampled_calibration(calib_source, setting, expected):
+    calib = CalibrationConfig(calib_source, None if calib_source == "self" else "x", samples=8, seqlen=32, seed=5)
+    got = fitness_source(calib, FitnessConfig(source=setting))
+    assert got.source == expected
+    assert (got.samples, got.seqlen, got.seed) == (8, 32, 5)  # the calibration's shape and seed
+    assert got.location == (None if expected in ("self", "python-docs") else "x")
+
+
+def test_python_docs_fitness_tokens_are_disjoint_windows_of_pythons_reference_text():
+    text = python_docs_text()
+    assert text is not None and len(text) > 400_000 and '"assert" statement' in text
+    tok = tiny_tokenizer()
+    ids = tokenize_text(text, tok)
+    calib = fitness_source(CalibrationConfig("self", samples=4, seqlen=16, seed=1), FitnessConfig())
+    plan = TokenPlan(16, calibration=4, fitness=8, validation=6, training=3)
+    windows = {tuple(ids[i * 16:(i + 1) * 16].tolist()) for i in range(ids.numel() // 16)}
+    got = {s: _rows(draw(calib, plan, s, None, tok)) for s in ("fitness", "validation", "training")}
+    for split, rows in got.items():
+        assert len(rows) == plan.rows(split) and rows <= windows, split  # whole windows of the text
+    assert not got["fitness"] & got["validation"] and not got["training"] & (got["fitness"] | got["validation"])
