@@ -4,7 +4,10 @@ Each Ray actor builds its own :class:`~fitness.evaluator.Evaluator` from an
 :class:`EvaluatorSpec` — it loads the model and opens the supernet from paths and computes its own
 teacher cache — so nothing large crosses the object store. The pool keeps one evaluation in flight
 per actor; when an actor dies mid-evaluation it is replaced and its genome resubmitted, so a search
-ends with the same evaluations as without the failure.
+ends with the same evaluations as without the failure. As soon as it is placed, every actor hashes
+the files it will read (the supernet's manifest, the run's token files: :func:`shared_files`) and
+the driver compares them with its own, so a node that does not see the driver's storage is one
+line naming the node and the file, before any model loads.
 
 Call order::
 
@@ -15,6 +18,8 @@ Call order::
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -41,6 +46,21 @@ class EvaluatorSpec:
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields of training-aware stages
     train_tokens: str | None = None  # a safetensors file with the "tokens" they train on
     validation_tokens: str | None = None  # a safetensors file with the validation split's "tokens"
+
+
+def shared_files(spec: EvaluatorSpec) -> dict[str, str | None]:
+    """The SHA-256 of every file an evaluator of ``spec`` reads from shared storage (the supernet's
+    ``manifest.json``, which holds every variant's hash, and the run's token files), ``None`` for
+    one it cannot read; keyed by path."""
+    paths = [os.path.join(spec.supernet, "manifest.json"), spec.tokens, spec.train_tokens, spec.validation_tokens]
+    out: dict[str, str | None] = {}
+    for path in filter(None, paths):
+        try:
+            with open(path, "rb") as f:
+                out[path] = hashlib.file_digest(f, "sha256").hexdigest()
+        except OSError:
+            out[path] = None
+    return out
 
 
 def build_evaluator(spec: EvaluatorSpec):
@@ -95,7 +115,8 @@ class _Actor:
         self.evaluator = None
 
     def where(self) -> dict[str, Any]:
-        """The node, host, resources and GPU ids Ray gave this actor."""
+        """The node, host, resources and GPU ids Ray gave this actor, and the hashes of the shared
+        files it sees (:func:`shared_files`)."""
         import socket
 
         import ray
@@ -103,7 +124,8 @@ class _Actor:
         ctx = ray.get_runtime_context()
         held = ctx.get_assigned_resources()
         return {"node": ctx.get_node_id(), "host": socket.gethostname(), "gpus": _number(held.get("GPU", 0)),
-                "cpus": _number(held.get("CPU", 0)), "gpu_ids": [str(i) for i in ray.get_gpu_ids()]}
+                "cpus": _number(held.get("CPU", 0)), "gpu_ids": [str(i) for i in ray.get_gpu_ids()],
+                "files": shared_files(self.spec)}
 
     def load(self) -> str:
         """Build the evaluator (once); returns the torch device it runs on."""
@@ -152,7 +174,7 @@ class RayPool:
     GPUs, CPUs, GPU ids, torch device)."""
 
     def __init__(self, spec: EvaluatorSpec, workers: int, *, num_gpus: float = 0, num_cpus: float = 1,
-                 timeout: float = 120.0, retries: int = 3):
+                 timeout: float = 120.0, retries: int = 3, expected: dict[str, str | None] | None = None):
         import ray
 
         if not ray.is_initialized():
@@ -161,6 +183,7 @@ class RayPool:
         self.survivors = tuple(s[0] for s in spec.schedule)
         self.validates = spec.validation_tokens is not None
         self.num_gpus, self.num_cpus, self.timeout, self.retries = num_gpus, num_cpus, timeout, retries
+        self.expected = shared_files(spec) if expected is None else expected  # what this process sees
         self._cls = ray.remote(num_gpus=num_gpus, num_cpus=num_cpus, max_restarts=0)(_Actor)
         self.actors, self.placed = self._place(workers)
         self.nodes: list[str] = []  # node id of every finished evaluation, in completion order
@@ -193,11 +216,24 @@ class RayPool:
                     f"{len(pending)} of {count} evaluator actors of {self._each()} each were not placed within "
                     f"{self.timeout:g} s ({have} on the cluster after the others started): lower --workers or "
                     "--worker-gpus/--worker-cpus, add nodes, or wait longer with --worker-timeout")
-            return actors, self._get(refs, "start")
+            placed = self._get(refs, "start")
+            for where in placed:
+                self._require_same_files(where)
+            return actors, placed
         except BaseException:
             for a in actors:
                 ray.kill(a)
             raise
+
+    def _require_same_files(self, where: dict[str, Any]) -> None:
+        """Refuse an actor that does not see the driver's files, or sees other contents there."""
+        seen = where.pop("files")
+        for path, digest in self.expected.items():
+            if seen.get(path) != digest:
+                what = "cannot read" if seen.get(path) is None else "sees another file at"
+                raise SparsearchError(
+                    f"evaluator on node {where['host']} ({where['node'][:12]}) {what} {path}: the supernet and the "
+                    "run directory must be on storage every node sees, with the same contents (docs/cluster.md)")
 
     def _get(self, refs: list[Any], what: str) -> list[Any]:
         """``ray.get(refs)``; an actor that fails to start, or a SparsearchError in it, is one line."""

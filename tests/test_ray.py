@@ -129,6 +129,33 @@ def test_an_actor_that_cannot_load_its_supernet_is_one_line(spec, local_ray, tmp
         RayPool(missing, 1, num_cpus=1)
 
 
+def test_an_actor_that_does_not_see_the_drivers_files_is_one_line_naming_node_and_path(spec, local_ray, tmp_path):
+    """Each placed actor hashes the supernet manifest and the token files it will read; the pool
+    refuses one whose view differs from the driver's (``expected``: what the driver saw), before
+    any model loads, naming the actor's host and the file."""
+    import hashlib
+    import socket
+
+    from sparsearch.fitness.pool import shared_files
+
+    seen = shared_files(spec)
+    manifest = str(Path(spec.supernet) / "manifest.json")
+    assert set(seen) == {manifest, spec.tokens}
+    assert seen[spec.tokens] == hashlib.sha256(Path(spec.tokens).read_bytes()).hexdigest()
+    changed = {**seen, spec.tokens: "0" * 64}  # the driver's file differs from what the node sees
+    with pytest.raises(SparsearchError, match=rf"^evaluator on node {socket.gethostname()} \(\w+\) sees another "
+                                              rf"file at {spec.tokens}: the supernet and the run directory must be"):
+        RayPool(spec, 1, num_cpus=1, expected=changed)
+    elsewhere = str(tmp_path / "only-on-the-driver.safetensors")
+    with pytest.raises(SparsearchError, match=rf"cannot read {elsewhere}: "):
+        RayPool(spec, 1, num_cpus=1, expected={**seen, elsewhere: "0" * 64})
+    pool = RayPool(spec, 1, num_cpus=1)  # the same view: placed, and "files" is not in the summary's record
+    try:
+        assert "files" not in pool.placed[0] and pool.placed[0]["host"] == socket.gethostname()
+    finally:
+        pool.close()
+
+
 def test_an_actor_that_dies_on_every_evaluation_stops_the_pool(spec, local_ray, monkeypatch):
     import sparsearch.fitness.pool as pool_module
 
