@@ -43,7 +43,7 @@ def run_job(out: Path, supernet: Path, target: float, seed: int, extra: list[str
                str(supernet), "--target-sparsity", str(target), "--seed", str(seed), *extra]
         log(" ".join(cmd[1:]))
         started = time.perf_counter()
-        subprocess.run(cmd, check=True)
+        subprocess.run(cmd, check=True, stdout=sys.stderr)  # stdout carries only the JSON
         log(f"target {target:g}: {time.perf_counter() - started:.0f} s")
     return json.loads(summary.read_text())
 
