@@ -7,6 +7,7 @@ fitness tokens come from here; held-out perplexity text must be another source.
 
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 
@@ -210,10 +211,12 @@ def sample_from_model(
     return torch.cat(out)
 
 
+@functools.cache
 def python_docs_text() -> str | None:
     """Python's reference text: the topics of the language reference that ``pydoc`` shows
     (``help("assert")``, ...), shipped inside CPython as :mod:`pydoc_data` (about 465,000
-    characters, no download), joined in sorted topic order; ``None`` in a Python without it."""
+    characters, no download), joined in sorted topic order; ``None`` in a Python without it. Read
+once per process: the run config asks whether it exists, and each split draws from it."""
     try:
         from pydoc_data.topics import topics
     except ImportError:
