@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from tests.helpers.tiny import TEXT, tiny_model, tiny_tokenizer
-from sparsearch.fitness.data import CalibrationConfig, calibration_tokens, sample_from_model, tokenize_text, windows
+from sparsearch.fitness.data import (CalibrationConfig, calibration_tokens, draw_categorical, sample_from_model,
+                                     tokenize_text, windows)
 from sparsearch.fitness.metrics import eval_windows, kl_per_token, perplexity
 from sparsearch.fitness.teacher import TeacherCache
 from sparsearch.base.errors import SparsearchError
@@ -58,6 +59,37 @@ def test_self_generated_is_seeded_and_avoids_special_tokens():
     assert torch.equal(a, sample_from_model(model, tok, samples=3, seqlen=12, seed=7, batch_size=2))
     assert not torch.equal(a, sample_from_model(model, tok, samples=3, seqlen=12, seed=8, batch_size=2))
     assert not set(a.flatten().tolist()) & set(tok.all_special_ids)
+
+
+def test_a_draw_follows_the_softmax_and_never_takes_a_masked_token():
+    """Probabilities 0.1/0.2/0.3/0/0.4 by construction: over 200,000 rows each count lies within
+    5 standard deviations of its expectation, and the -inf entry is never drawn."""
+    rows = 200_000
+    logits = torch.tensor([1.0, 2.0, 3.0, 0.0, 4.0]).log().expand(rows, 5).clone()
+    logits[:, 3] = -float("inf")
+    drawn = draw_categorical(logits, torch.Generator().manual_seed(0))
+    assert drawn.shape == (rows, 1)
+    counts = torch.bincount(drawn.flatten(), minlength=5).double()
+    p = torch.tensor([0.1, 0.2, 0.3, 0.0, 0.4], dtype=torch.float64)
+    assert counts[3] == 0
+    assert ((counts - rows * p).abs() <= 5 * (rows * p * (1 - p)).sqrt()).all(), counts
+    again = draw_categorical(logits, torch.Generator().manual_seed(0))
+    assert torch.equal(drawn, again)
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3"])
+def test_sampling_with_the_preallocated_cache_sees_what_a_forward_pass_sees(arch):
+    """The logits at every sampled position equal a forward pass over the finished samples, on
+    each family (Mistral's 16-token sliding window is shorter than the 24 sampled tokens)."""
+    tok = tiny_tokenizer()
+    model = tiny_model(arch, vocab_size=len(tok))
+    seen: dict[int, list[torch.Tensor]] = {}
+    tokens = sample_from_model(model, tok, samples=3, seqlen=24, seed=3, batch_size=2,
+                               on_logits=lambda row, logits: seen.setdefault(row, []).append(logits))
+    with torch.no_grad():
+        full = model(input_ids=tokens).logits.float()
+    stepped = torch.cat([torch.stack(seen[row], 1) for row in sorted(seen)])
+    torch.testing.assert_close(stepped, full, rtol=1e-4, atol=1e-4)
 
 
 def test_config_validation():
