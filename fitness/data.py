@@ -175,6 +175,13 @@ def draw_categorical(logits: torch.Tensor, generator: torch.Generator) -> torch.
     return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=logits.shape[1] - 1)
 
 
+def sampling_cache(model, seqlen: int) -> StaticCache:
+    """The KV cache that sampling fills: preallocated for ``seqlen`` positions per layer (a
+    sliding-window layer: its window), shaped at the first step by the keys it receives (so a
+    pruned model's own head counts)."""
+    return StaticCache(config=model.config, max_cache_len=seqlen)
+
+
 def sample_from_model(
     model, tokenizer, samples: int, seqlen: int, seed: int, batch_size: int = 16, progress: bool = False,
     on_logits: Callable[[int, torch.Tensor], None] | None = None,
@@ -203,7 +210,7 @@ def sample_from_model(
     for start in range(0, samples, batch_size):
         b = min(batch_size, samples - start)
         seq = allowed[torch.randint(0, len(allowed), (b, 1), generator=g, device=device)]
-        past, step_in = StaticCache(config=model.config, max_cache_len=seqlen), seq
+        past, step_in = sampling_cache(model, seqlen), seq
         while seq.shape[1] < seqlen:
             res = step(step_in, past)
             past = output_cache(res)

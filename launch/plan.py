@@ -46,11 +46,6 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # code pulls in, torch._dynamo among it)
 RUNTIME_BYTES = 460 * 2**20
 MiB = 2**20
-# resident bytes of a growing KV cache per byte of its final size: each step concatenates a layer's
-# keys and values into new tensors while the old ones are still alive, and the allocator keeps some
-# of what is freed (SmolLM2-135M on a CPU, float32, beyond the resident model and runtime: 1.14-1.22 at
-# 16-32 sequences of 256-512 tokens, 1.05 at the default 64 x 512)
-KV_GROWTH = 1.1
 
 
 @dataclass(frozen=True)
@@ -221,13 +216,16 @@ def sampling_plan(shape: ModelShape, samples: int, seqlen: int, sample_batch: in
     ``sample_batch`` sequences at a time (what ``--calib-self`` does before the build)."""
     batch = min(sample_batch, samples)
     model = shape.total_params * shape.dtype_bytes
-    # a sliding-window layer keeps the last window - 1 positions (transformers' DynamicSlidingWindowLayer)
+    # the cache is preallocated (fitness.data.sampling_cache): seqlen positions per layer, a
+    # sliding-window layer its window's (transformers' StaticSlidingWindowLayer)
     positions = (shape.num_layers - shape.sliding_layers) * seqlen \
-        + shape.sliding_layers * min(seqlen, max(shape.sliding_window - 1, 1))
+        + shape.sliding_layers * min(seqlen, max(shape.sliding_window, 1))
     kv = 2 * shape.num_kv_heads * shape.head_dim * shape.dtype_bytes * batch * positions
-    logits = 3 * batch * shape.vocab * 4  # one step's float32 logits, their probabilities and a masked copy
+    # one step's float32 logits, a masked copy and their probabilities (4 bytes each), and the
+    # float64 cumulative distribution a draw inverts (8)
+    logits = (3 * 4 + 8) * batch * shape.vocab
     runtime = RUNTIME_BYTES if device == "cpu" else 0
-    peak = runtime + model + KV_GROWTH * kv + logits
+    peak = runtime + model + kv + logits
     return {"peak_memory_mib": round(peak / MiB, 1), "sequences_at_once": batch, "kv_cache_bytes": kv,
             "memory": {"model_mib": round(model / MiB, 1), "kv_cache_mib": round(kv / MiB, 1),
                        "logits_mib": round(logits / MiB, 1), "runtime_mib": round(runtime / MiB, 1)}}

@@ -9,7 +9,8 @@ from tests.helpers.tiny import ARCHS, tiny_model
 from sparsearch.launch.cli import main
 from sparsearch.search.registry import ENGINES, make_engine
 from sparsearch.supernet import SupernetConfig, build_supernet
-from sparsearch.supernet.modules import output_cache
+from sparsearch.supernet.modules import cache_keyword, output_cache
+from sparsearch.fitness.data import sampling_cache
 from sparsearch.launch.plan import ModelShape, disk_bytes, planned_space, sampling_plan
 from tests.helpers.synthetic import (SyntheticFitness, make_budget, quick_config, search_engines, synthetic_extras,
                                      synthetic_space)
@@ -78,12 +79,13 @@ def test_planned_evaluations_bound_what_a_run_does(name, tmp_path):
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_planned_sampling_kv_cache_is_the_cache_a_batch_fills(arch, dtype):
-    """The KV cache term of the sampling plan equals the bytes of the cache that a batch of
-    full-length sequences leaves (one sample batch of 3 from 5 sequences, 40 tokens; the tiny
-    Mistral's 16-position sliding window keeps 15 of them)."""
+    """The KV cache term of the sampling plan equals the bytes of the cache that sampling fills
+    with a batch of full-length sequences (one sample batch of 3 from 5 sequences, 40 tokens; the
+    tiny Mistral's sliding-window layers hold its 16 positions)."""
     model = tiny_model(arch, layers=3, num_attention_heads=8, num_key_value_heads=2, head_dim=4).to(dtype)
     with torch.no_grad():
-        cache = output_cache(model(input_ids=torch.randint(0, 128, (3, 40)), use_cache=True))
+        cache = output_cache(model(input_ids=torch.randint(0, 128, (3, 40)), use_cache=True,
+                                   **{cache_keyword(model): sampling_cache(model, 40)}))
     tensors = [t for layer in cache.layers for t in (layer.keys, layer.values)]
     assert len(tensors) == 2 * 3 and all(t.dtype == dtype for t in tensors)
     planned = sampling_plan(ModelShape.from_config(model.config, str(dtype).replace("torch.", "")), samples=5, seqlen=40,
