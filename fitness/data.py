@@ -182,6 +182,7 @@ def sampling_cache(model, seqlen: int) -> StaticCache:
     return StaticCache(config=model.config, max_cache_len=seqlen)
 
 
+@torch.no_grad()
 def sample_from_model(
     model, tokenizer, samples: int, seqlen: int, seed: int, batch_size: int = 16, progress: bool = False,
     on_logits: Callable[[int, torch.Tensor], None] | None = None,
