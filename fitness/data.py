@@ -164,7 +164,6 @@ def dataset_text(spec: str) -> str:
     return "\n\n".join(t for t in ds[field] if t)
 
 
-@torch.no_grad()
 def draw_categorical(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One index per row of ``logits`` (``b x V``), drawn from its softmax by inverting the
     cumulative distribution at one uniform number per row: the distribution of
@@ -236,7 +235,7 @@ def python_docs_text() -> str | None:
     """Python's reference text: the topics of the language reference that ``pydoc`` shows
     (``help("assert")``, ...), shipped inside CPython as :mod:`pydoc_data` (about 465,000
     characters, no download), joined in sorted topic order; ``None`` in a Python without it. Read
-once per process: the run config asks whether it exists, and each split draws from it."""
+    once per process: the run config asks whether it exists, and each split draws from it."""
     try:
         from pydoc_data.topics import topics
     except ImportError:
