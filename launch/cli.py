@@ -291,14 +291,15 @@ def cmd_eval(o: Resolved, run: RunConfig) -> int:
     return 0
 
 
-def _search_and_report(run: RunConfig, model, tokenizer, store, started: float, *, export: bool, clock) -> int:
+def _search_and_report(run: RunConfig, model, tokenizer, store, started: float, *, export: bool, clock,
+                       built_on: dict[str, Any] | None = None) -> int:
     """Search ``store``, write the run's summary and plots, then (``export``) its export and, with
-    ``run.heal``, a healed one."""
+    ``run.heal``, a healed one. ``built_on``: where ``store`` was built, when not in this process."""
     from sparsearch.launch import pipeline, report
     from sparsearch.launch.heldout import heldout_windows
 
     windows = heldout_windows(run.heldout, tokenizer)  # a bad held-out text fails before the search
-    outcome = pipeline.search(model, tokenizer, store, run, log=run.log, clock=clock)
+    outcome = pipeline.search(model, tokenizer, store, run, log=run.log, clock=clock, built_on=built_on)
     summary = _summary(run, outcome, windows, started, clock)
     path = report.write_summary(run.run_dir, summary)
     report.render(run.run_dir)
@@ -315,10 +316,9 @@ def _summary(run: RunConfig, outcome, windows, started: float, clock) -> dict[st
     """The run's ``summary.json``: the outcome, where it ran, and with held-out ``windows`` the
     perplexities of the best genome, the uniform one and every start."""
     from sparsearch.launch import report
-    from sparsearch.launch.evaluators import where_ran
     from sparsearch.launch.heldout import heldout_perplexity
 
-    where = where_ran(run.run_dir)  # each evaluator's node, GPUs and CPUs, and the supernet builder's
+    where = outcome.cluster  # each evaluator's node, GPUs and CPUs, and the supernet builder's
     extra: dict[str, Any] = {"workers": len(where["workers"]), "nodes": outcome.nodes, "cluster": where,
                              "calibration": run.calibration.describe(), "fitness_source": run.scoring.describe()}
     if windows is not None:
@@ -415,7 +415,10 @@ def _run_command_options(o: Options) -> None:
 @command("run", "build or reuse the supernet, search, and write the run directory", _run_command_options)
 def cmd_run(o: Resolved, run: RunConfig) -> int:
     from sparsearch.launch.phases import PhaseClock
+    from sparsearch.launch import remote
     from sparsearch.launch.pipeline import ensure_supernet, require_fits
+    from sparsearch.supernet.adapters import DecoderAdapter
+    from sparsearch.supernet.store import SupernetStore
 
     started = time.perf_counter()
     _check_files(_text_file(run.calibration), run.heldout.text)
@@ -428,10 +431,18 @@ def cmd_run(o: Resolved, run: RunConfig) -> int:
     with clock("load"):
         model, tokenizer = _load(run)
     require_fits(model, seqlens=run.seqlens, supernet=run.supernet)
+    built_on = None
+    node = remote.accelerator_node(run.cluster)  # a driver without a GPU builds on a GPU node of its cluster
+    if node is not None and not SupernetStore.is_complete(out):
+        units = 2 * DecoderAdapter(model).shape.num_layers
+        built = remote.build_on_node(node, run, out, units=units, log=run.log, progress=run.progress)
+        clock.add(built["seconds"])
+        built_on = built["where"]
     store = ensure_supernet(model, tokenizer, out, run, log=run.log, clock=clock)
     store.check_files()
     run.log(_describe(store))
-    return _search_and_report(run, model, tokenizer, store, started, export=not o.no_export, clock=clock)
+    return _search_and_report(run, model, tokenizer, store, started, export=not o.no_export, clock=clock,
+                              built_on=built_on)
 
 
 def _plan_options(o: Options) -> None:

@@ -100,7 +100,7 @@ def _fits(resources: dict[str, float], gpus: float, cpus: float) -> float:
     return n
 
 
-def _amount(x: float, unit: str) -> str:
+def amount(x: float, unit: str) -> str:
     x = round(x, 3)
     return f"{int(x) if x == int(x) else x} {unit}{'' if x == 1 else 's'}"
 
@@ -134,17 +134,17 @@ def place(cfg: ClusterConfig, accelerators: int | None = None) -> Placement | No
     else:
         actors = local
     if actors < 1 or actors > room:
-        each = " and ".join(x for x in (_amount(gpus, "GPU") if gpus else "", _amount(cpus, "CPU") if cpus else "")
+        each = " and ".join(x for x in (amount(gpus, "GPU") if gpus else "", amount(cpus, "CPU") if cpus else "")
                             if x)
-        have = (f"the cluster has {_amount(free.get('GPU', 0), 'GPU')} and {_amount(free.get('CPU', 0), 'CPU')} free "
-                f"(of {_amount(total.get('GPU', 0), 'GPU')} and {_amount(total.get('CPU', 0), 'CPU')} on "
-                f"{_amount(len(nodes), 'node')})")
+        have = (f"the cluster has {amount(free.get('GPU', 0), 'GPU')} and {amount(free.get('CPU', 0), 'CPU')} free "
+                f"(of {amount(total.get('GPU', 0), 'GPU')} and {amount(total.get('CPU', 0), 'CPU')} on "
+                f"{amount(len(nodes), 'node')})")
         if actors < 1:
             raise SparsearchError(f"--worker-gpus {cfg.worker_gpus:g}: no evaluator actor of {each} can be placed: "
                                   f"{have}")
         lead = f"--workers {actors}" if cfg.workers else f"one evaluator actor per {'GPU' if gpus else 'node'}"
-        raise SparsearchError(f"{lead}: {_amount(actors, 'evaluator actor')} of {each} each do not fit: {have}, "
-                              f"{_amount(room, 'such actor')} fit; lower --workers or --worker-gpus/--worker-cpus, "
+        raise SparsearchError(f"{lead}: {amount(actors, 'evaluator actor')} of {each} each do not fit: {have}, "
+                              f"{amount(room, 'such actor')} fit; lower --workers or --worker-gpus/--worker-cpus, "
                               "or add nodes")
     return Placement(actors, gpus, cpus, cfg.worker_timeout)
 

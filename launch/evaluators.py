@@ -1,5 +1,5 @@
 """The fitness of a supernet, in this process or on a Ray actor pool, as the search engines see it,
-and where it ran (:func:`where_ran`: the ``cluster`` block of a run's summary)."""
+and where it ran (:attr:`FitnessFactory.where`: the ``cluster`` block of a run's summary)."""
 
 from __future__ import annotations
 
@@ -39,11 +39,14 @@ class LocalFitness(Evaluator):
 class FitnessFactory:
     """Opens the fitness of a supernet: in this process on ``model`` (the dense teacher is cached
     once and shared by every supernet of the run), or on ``cluster``'s Ray actors, each of which
-    loads ``model_spec`` and the supernet itself and reads the run's tokens from ``run_dir``."""
+    loads ``model_spec`` and the supernet itself and reads the run's tokens from ``run_dir``.
+    ``built_on``: where the supernet was built when not in this process (a Ray task on a GPU node:
+    :mod:`sparsearch.launch.remote`)."""
 
     def __init__(self, model, *, model_spec: str, run_dir: Path, tokens: torch.Tensor, fitness: FitnessConfig,
                  cluster: ClusterConfig, seed: int, trust_remote_code: bool = False, train: TrainConfig = TrainConfig(),
-                 train_tokens: torch.Tensor | None = None, validation_tokens: torch.Tensor | None = None):
+                 train_tokens: torch.Tensor | None = None, validation_tokens: torch.Tensor | None = None,
+                 built_on: dict[str, Any] | None = None):
         self.model = model
         self.model_spec = model_spec
         self.trust_remote_code = trust_remote_code
@@ -58,6 +61,8 @@ class FitnessFactory:
         self.accelerators = torch.accelerator.device_count() if torch.accelerator.is_available() else 0
         self.teacher: TeacherCache | None = None
         self._placement: Placement | None = None
+        self.built_on = built_on
+        self._workers: list[dict[str, Any]] | None = None
 
     @property
     def distributed(self) -> bool:
@@ -82,7 +87,7 @@ class FitnessFactory:
                               batch_size=self.fitness.batch_size, train=self.train, train_tokens=self.train_tokens,
                               seed=self.seed, teacher=self.teacher, validation_tokens=self.validation_tokens)
             self.teacher = ev.teacher
-            _record(self.run_dir, [device_entry(self._device, cpus=torch.get_num_threads())], self._device)
+            self._workers = [device_entry(self._device, cpus=torch.get_num_threads())]
             return ev
         from sparsearch.fitness.pool import EvaluatorSpec, RayPool
 
@@ -99,7 +104,7 @@ class FitnessFactory:
         # an actor's device is its own node's: the GPU Ray gave it, else its CPU (EvaluatorSpec.device "auto")
         pool = RayPool(spec, placement.actors, num_gpus=placement.gpus, num_cpus=placement.cpus,
                        timeout=placement.timeout)
-        _record(self.run_dir, pool.placed, self._device)
+        self._workers = pool.placed  # the pool's own list: an actor that replaces a dead one is seen here too
         return pool
 
     @property
@@ -107,19 +112,14 @@ class FitnessFactory:
         return next(self.model.parameters()).device
 
 
-_WHERE: dict[str, dict[str, Any]] = {}  # run directory -> where its last opened fitness runs
-
-
-def _record(run_dir: Path, workers: list[dict[str, Any]], build_device) -> None:
-    # the pool's own list: an actor that replaces a dead one is seen here too
-    _WHERE[str(Path(run_dir).absolute())] = {"workers": workers, "build": device_entry(build_device)}
-
-
-def where_ran(run_dir: Path | str) -> dict[str, Any] | None:
-    """Where the fitness of the search in ``run_dir`` (in this process) ran, for its summary:
-    ``{"workers": [{"node", "gpus", "cpus", ...}], "build": {"node", "gpus", "device"}}``, one
-    entry per evaluator (the Ray actors, with their host, GPU ids and torch device; or this
-    process), and the process that builds the run's supernets (the driver). ``node`` is a Ray
-    node id, or the host name where no Ray runs. ``None`` before the search opened its fitness."""
-    found = _WHERE.get(str(Path(run_dir).absolute()))
-    return None if found is None else {"workers": [dict(w) for w in found["workers"]], "build": dict(found["build"])}
+    @property
+    def where(self) -> dict[str, Any] | None:
+        """Where the fitness last opened runs, for the run's summary: ``{"workers": [{"node", "gpus",
+        "cpus", ...}], "build": {"node", "gpus", "device", ...}}``, one entry per evaluator (the Ray
+        actors, with their host, GPU ids and torch device; or this process), and where the run's
+        supernet was built (``built_on``, else this process). ``node`` is a Ray node id, or the host
+        name where no Ray runs. ``None`` before a fitness was opened."""
+        if self._workers is None:
+            return None
+        build = self.built_on if self.built_on is not None else device_entry(self._device)
+        return {"workers": [dict(w) for w in self._workers], "build": dict(build)}

@@ -52,6 +52,13 @@ class PhaseClock:
                 return fn(*args, **kwargs)
         return call
 
+    def add(self, seconds: dict[str, float]) -> None:
+        """Phases measured elsewhere, in a step this run waited on (a Ray task), counted as its own."""
+        for name, s in seconds.items():
+            with self(name):
+                pass
+            self.seconds[name] += s
+
     def rounded(self) -> dict[str, float]:
         return {name: round(s, 1) for name, s in self.seconds.items()}
 

@@ -41,7 +41,8 @@ Log = Callable[[str], None]
 class SearchOutcome:
     """What a search found. ``store``/``space``/``budget`` are those the best genome indexes (Týr:
     its last round's); ``baselines`` are the scored one-shot starts ``{name: {genome, kl, sparsity}}``;
-    ``stitcher`` holds the run's model, stitched to the best genome."""
+    ``stitcher`` holds the run's model, stitched to the best genome; ``cluster``: where the fitness
+    and the supernet build ran (:attr:`~sparsearch.launch.evaluators.FitnessFactory.where`)."""
 
     result: Result
     space: SearchSpace
@@ -54,6 +55,7 @@ class SearchOutcome:
     nodes: list[str]
     params_total: int
     stitcher: Stitcher
+    cluster: dict[str, Any]
     validation_tokens: int = 0  # tokens of the validation split (0: none)
 
 
@@ -149,13 +151,13 @@ def run_settings(run: RunConfig, store: SupernetStore, drawn: dict[str, torch.Te
 
 
 def search(model, tokenizer, store: SupernetStore, run: RunConfig, *, log: Log,
-           clock: PhaseClock | None = None) -> SearchOutcome:
+           clock: PhaseClock | None = None, built_on: dict[str, Any] | None = None) -> SearchOutcome:
     """Search the budget allocation of ``store`` for ``model`` (dense on entry; stitched to the
     best genome on return) with ``run``'s settings: its tokens, its starts, then its engine
     (:data:`~sparsearch.search.registry.ENGINES`). Fitness runs in process, or on Ray actors
     (``run.cluster``), each of which loads ``run.model`` itself. ``clock`` gets the phases
     ``sampling`` (the run's tokens), ``baselines``, ``teacher``, ``probes``, ``search`` and
-    ``selection``."""
+    ``selection``. ``built_on``: where ``store`` was built, when not in this process."""
     clock = clock or PhaseClock()
     cfg, space = run.search, store.space()
     budget_of = functools.partial(make_budget, cfg=cfg, head_dim=store.manifest["model"]["shape"]["head_dim"],
@@ -167,7 +169,7 @@ def search(model, tokenizer, store: SupernetStore, run: RunConfig, *, log: Log,
     factory = FitnessFactory(model, model_spec=run.model or store.manifest["model"]["name"], run_dir=run.run_dir,
                              tokens=drawn["fitness"], fitness=run.fitness, cluster=run.cluster, seed=cfg.seed,
                              trust_remote_code=run.trust_remote_code, train=run.train, train_tokens=drawn["training"],
-                             validation_tokens=drawn["validation"])
+                             validation_tokens=drawn["validation"], built_on=built_on)
     begun = starts(model, tokenizer, store, space, budget, run, log=log, clock=clock)
     with clock("teacher"):
         session = Session(model, store, factory.open(store), factory, run.run_dir, budget_of, progress=run.progress,
@@ -183,7 +185,8 @@ def search(model, tokenizer, store: SupernetStore, run: RunConfig, *, log: Log,
         if factory.distributed:
             session.fitness.close()
     stitcher = _stitched(session, result.best_genome)
-    return SearchOutcome(**found, stitcher=stitcher, params_total=sum(p.numel() for p in model.parameters()),
+    return SearchOutcome(**found, stitcher=stitcher, cluster=factory.where,
+                         params_total=sum(p.numel() for p in model.parameters()),
                          validation_tokens=0 if drawn["validation"] is None else drawn["validation"].numel())
 
 

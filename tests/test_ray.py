@@ -241,29 +241,60 @@ def test_the_venv_is_activated_before_debians_non_interactive_guard(tmp_path):
 # -- a cluster with GPUs, a driver without -------------------------------------------------------
 HOLDER = """
 import sys, ray
-ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, object_store_memory=80 * 2**20, log_to_driver=False)
+ray.init(num_cpus=2, num_gpus=2, include_dashboard=True, dashboard_port=int(sys.argv[1]),
+         object_store_memory=80 * 2**20, log_to_driver=False)
 print(ray.get_runtime_context().gcs_address, flush=True)
 sys.stdin.read()  # until the test closes it
 ray.shutdown()
 """
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
-def gpu_cluster():
-    """The address of a Ray instance that declares 2 GPUs and 2 CPUs on this CPU machine (its own
-    process: closing its stdin shuts it down, and nothing else's Ray)."""
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True)
+def gpu_cluster_info():
+    """A Ray instance that declares 2 GPUs and 2 CPUs on this CPU machine (its own process: closing
+    its stdin shuts it down, and nothing else's Ray): its ``address`` and its ``dashboard`` (what
+    Ray's state API asks)."""
+    port = _free_port()
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(port)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         address = holder.stdout.readline().strip()
         assert address, "the Ray instance did not start"
-        yield address
+        yield {"address": address, "dashboard": f"http://127.0.0.1:{port}"}
     finally:
         holder.stdin.close()
         try:
             holder.wait(timeout=60)
         except subprocess.TimeoutExpired:
             holder.kill()
+
+
+@pytest.fixture(scope="module")
+def gpu_cluster(gpu_cluster_info):
+    """The address of :func:`gpu_cluster_info`'s Ray instance."""
+    return gpu_cluster_info["address"]
+
+
+def _build_tasks(dashboard: str, since: set | frozenset = frozenset()) -> list:
+    """The supernet build tasks Ray's state API knows of, each attempt, but those whose ``(task_id,
+    attempt_number)`` is in ``since``."""
+    from ray.util.state import list_tasks
+
+    tasks = list_tasks(address=dashboard, filters=[("name", "=", "sparsearch-supernet-build")], detail=True,
+                       raise_on_missing_output=False)
+    return sorted((t for t in tasks if (t.task_id, t.attempt_number) not in since), key=lambda t: t.attempt_number)
+
+
+def _attempts(dashboard: str) -> set:
+    return {(t.task_id, t.attempt_number) for t in _build_tasks(dashboard)}
 
 
 def _driver(*args, timeout=300) -> subprocess.CompletedProcess:
@@ -343,3 +374,103 @@ def test_a_local_run_records_where_it_ran(model_dir, tiny_supernet, tmp_path, ca
     worker = cluster["workers"][0]
     assert worker["host"] == socket.gethostname() and worker["gpus"] == 0 and worker["device"] == "cpu"
     assert worker["cpus"] >= 1 and cluster["build"]["device"] == "cpu"
+
+
+# -- the heavy steps on a GPU node --------------------------------------------------------------
+def _run(model_dir, run_dir, *extra, samples=4):
+    return ["-m", "sparsearch.launch.cli", "run", "--model", model_dir / "model", "--run-dir", run_dir,
+            "--calib-text", model_dir / "text.txt", "--calib-samples", str(samples), "--calib-seqlen", "32",
+            "--mlp-alignment", "8", "--schedule", "1:64", "--no-export", "--quiet", *extra]
+
+
+def _variants(supernet: Path) -> dict[str, list]:
+    """Every unit's levels as the manifest records them (kept channels, file hashes)."""
+    units = json.loads((supernet / "manifest.json").read_text())["units"]
+    return {u: [(e["kept"], e.get("sha256")) for e in v["levels"]] for u, v in sorted(units.items())}
+
+
+def test_a_driver_without_gpus_builds_the_supernet_in_a_ray_task_that_holds_a_gpu(gpu_cluster_info, model_dir,
+                                                                                   tmp_path):
+    """`run` from a driver with no GPU, on a cluster with GPUs: calibration sampling and the build run
+    in one Ray task of 1 GPU (Ray's state API says so, and summary.json), then the evaluators get the
+    cluster's GPUs; the supernet is the one a local build writes."""
+    address, dashboard = gpu_cluster_info["address"], gpu_cluster_info["dashboard"]
+    run = tmp_path / "run"
+    before = _attempts(dashboard)
+    r = _driver(*_run(model_dir, run, "--ray-address", address, "--workers", "2", "--engine", "uniform"))
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    build, workers = summary["cluster"]["build"], summary["cluster"]["workers"]
+    assert build["ray_task"] is True and build["gpus"] == 1 and len(build["gpu_ids"]) == 1
+    assert build["device"] == "cpu"  # no CUDA on this machine: the task's torch stays on the CPU
+    assert build["node"] in {w["node"] for w in workers} and [w["gpus"] for w in workers] == [1, 1]
+    assert summary["timings"]["build"] > 0 and "sampling" in summary["timings"]
+    tasks = _build_tasks(dashboard, before)
+    group = "_group_0_" + (tasks[0].placement_group_id or "?")  # a placement group's bundle 0 holds the task
+    assert [(t.state, t.required_resources.get("GPU" + group), t.required_resources.get("CPU" + group))
+            for t in tasks] == [("FINISHED", 1.0, 1.0)]
+    assert tasks[0].node_id == build["node"]
+
+    local = tmp_path / "local"  # the same run in this process (one torch thread, as the task's)
+    r = _driver(*_run(model_dir, local, "--engine", "uniform"))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((local / "summary.json").read_text())["cluster"]["build"].get("ray_task") is None
+    assert _variants(run / "supernet") == _variants(local / "supernet")
+
+
+def _ray_worker(title: bytes, skip: set[int]) -> int | None:
+    """The pid of a process whose title is ``title`` (Ray names a worker after the task it runs)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) not in skip:
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if f.read().split(b"\0")[0] == title:
+                        return int(entry)
+            except OSError:
+                continue
+    return None
+
+
+def test_a_build_task_killed_mid_build_is_retried_and_resumes_from_the_store(gpu_cluster_info, model_dir,
+                                                                            tmp_path):
+    """SIGKILL on the build task's worker once the store holds a random number of its units: Ray runs
+    the task again, the retry resumes from the store, and the finished supernet equals an
+    uninterrupted build's, byte for byte."""
+    import random
+    import signal
+    import threading
+
+    address, dashboard = gpu_cluster_info["address"], gpu_cluster_info["dashboard"]
+    calm = tmp_path / "calm"
+    args = ("--ray-address", address, "--workers", "1", "--engine", "uniform")
+    assert _driver(*_run(model_dir, calm, *args, samples=32)).returncode == 0
+    units = len(_variants(calm / "supernet"))
+    at = random.Random(os.getpid()).randint(1, units - 1)  # kill once the store holds this many units
+    killed: dict[str, int] = {}
+    manifest = tmp_path / "run" / "supernet" / "manifest.json"
+    title = b"ray::sparsearch-supernet-build"
+
+    def kill() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            pid = _ray_worker(title, set())
+            try:
+                held = len(json.loads(manifest.read_text())["units"]) if pid and manifest.is_file() else 0
+            except (OSError, ValueError):
+                held = 0
+            if pid and held >= at:
+                os.kill(pid, signal.SIGKILL)
+                killed.update(pid=pid, units=held)
+                return
+            time.sleep(0.005)
+
+    before = _attempts(dashboard)
+    killer = threading.Thread(target=kill)
+    killer.start()
+    r = _driver(*_run(model_dir, tmp_path / "run", *args, samples=32))
+    killer.join()
+    assert r.returncode == 0, r.stderr
+    assert 1 <= killed.get("units", 0) < units, (killed, at, units)  # killed mid-build, not after it
+    attempts = [(t.attempt_number, t.state) for t in _build_tasks(dashboard, before)]
+    assert attempts == [(0, "FAILED"), (1, "FINISHED")], attempts
+    assert _variants(tmp_path / "run" / "supernet") == _variants(calm / "supernet")

@@ -1,0 +1,154 @@
+"""A run's heavy steps on a GPU node of its Ray cluster, when the driver has no accelerator.
+
+``ray submit`` runs the driver on the head node, which is usually a CPU machine. A run that joins
+a cluster (``--ray-address``) with GPUs and has no accelerator of its own sends the calibration
+sampling and the supernet build to one Ray task that holds a GPU (and ``--worker-cpus`` CPUs) of
+the cluster. The task runs the very function a local run runs
+(:func:`~sparsearch.launch.pipeline.ensure_supernet`) on a model it loads itself, on its node's
+accelerator, and writes the store where the driver asked, on storage every node sees. Ray retries
+a task whose worker dies; the retry resumes the build from the units already in the store. While
+it runs, the driver shows a progress bar over the units the store holds.
+
+Call order::
+
+    node = accelerator_node(run.cluster)      # None: build in this process
+    built = build_on_node(node, run, out)     # {"seconds": {phase: s}, "where": {...}}
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from sparsearch.base.errors import SparsearchError
+from sparsearch.launch.cluster import ClusterConfig, amount, connect
+
+RETRIES = 2  # times Ray reruns a build task whose worker died (each rerun resumes from the store)
+POLL_S = 2.0  # how often the driver reads the store's progress
+
+
+@dataclass(frozen=True)
+class NodeTask:
+    """One Ray task of ``gpus`` GPUs and ``cpus`` CPUs, to be placed within ``timeout`` seconds."""
+
+    gpus: float
+    cpus: float
+    timeout: float
+
+
+def accelerator_node(cluster: ClusterConfig | None, accelerators: int | None = None) -> NodeTask | None:
+    """Where a heavy step of a run with ``cluster`` goes: ``None`` (in this process) unless the run
+    joins a Ray cluster that has GPUs and this process has no accelerator (``accelerators``: this
+    process's count, default torch's), else a task of one GPU and ``worker_cpus`` CPUs
+    (``--worker-gpus 0`` keeps the heavy steps in this process too)."""
+    if cluster is None or cluster.address is None or cluster.worker_gpus == 0:
+        return None
+    if accelerators is None:
+        import torch
+
+        accelerators = torch.accelerator.device_count() if torch.accelerator.is_available() else 0
+    if accelerators:
+        return None
+    import ray
+
+    connect(cluster.address)
+    if ray.cluster_resources().get("GPU", 0) < 1:
+        return None
+    return NodeTask(gpus=1.0, cpus=max(1.0, cluster.worker_cpus), timeout=cluster.worker_timeout)
+
+
+def _build_task(run, out: str, cpus: float) -> dict[str, Any]:
+    """The Ray task: load ``run.model`` on this node's accelerator (else its CPU) and build or resume
+    the supernet at ``out`` exactly as a local run does."""
+    import ray
+    import torch
+
+    from sparsearch.launch.cluster import device_entry
+    from sparsearch.launch.phases import PhaseClock
+    from sparsearch.launch.pipeline import ensure_supernet
+    from sparsearch.supernet.models import load_model
+
+    torch.set_num_threads(max(1, int(cpus)))
+    device = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else torch.device("cpu")
+    clock = PhaseClock()
+    with clock("load"):
+        model, tokenizer = load_model(run.model, dtype=run.dtype, device=device,
+                                      trust_remote_code=run.trust_remote_code)
+    ensure_supernet(model, tokenizer, Path(out), run, log=run.log, clock=clock)
+    ctx = ray.get_runtime_context()
+    held = ctx.get_assigned_resources()
+    where = device_entry(device, cpus=int(held.get("CPU", cpus))) | {
+        "gpus": int(held.get("GPU", 0)), "gpu_ids": [str(i) for i in ray.get_gpu_ids()], "ray_task": True}
+    return {"seconds": clock.seconds, "where": where}
+
+
+def _free(ray) -> str:
+    free, total = ray.available_resources(), ray.cluster_resources()
+    return (f"{free.get('GPU', 0):g} GPUs and {free.get('CPU', 0):g} CPUs free (of {total.get('GPU', 0):g} and "
+            f"{total.get('CPU', 0):g})")
+
+
+def build_on_node(node: NodeTask, run, out: Path, *, units: int, log: Callable[[str], None] = lambda _: None,
+                  progress: bool = True) -> dict[str, Any]:
+    """Sample the calibration and build (or resume) the supernet of ``run`` at ``out`` in one Ray task
+    of ``node``'s resources; ``units``: how many units the finished store holds (the progress bar's
+    total). Returns the task's phase times and where it ran (``device_entry`` fields, the GPU ids
+    and ``ray_task``). Raises :class:`SparsearchError` in one line when the task cannot be placed
+    within ``node.timeout`` or fails."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+    from tqdm import tqdm
+
+    from sparsearch.fitness.pool import _cause
+    from sparsearch.supernet.store import SupernetStore
+
+    before = ray.available_resources()
+    group = placement_group([{"GPU": node.gpus, "CPU": node.cpus}])
+    try:
+        if not group.wait(node.timeout):
+            raise SparsearchError(f"the supernet build task (1 GPU and {amount(node.cpus, 'CPU')}) could not be placed within "
+                                  f"{node.timeout:g} s: the cluster has {_free(ray)}; free a GPU node, or wait "
+                                  "longer with --worker-timeout")
+        task = ray.remote(_build_task).options(
+            num_gpus=node.gpus, num_cpus=node.cpus, max_retries=RETRIES, name="sparsearch-supernet-build",
+            scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0))
+        log(f"supernet: sampling and building on the cluster (a Ray task of 1 GPU and {amount(node.cpus, 'CPU')}) "
+            f"into {out}")
+        ref = task.remote(run, str(out), node.cpus)
+        with tqdm(total=units, desc="supernet (Ray task)", unit="unit", disable=not progress) as bar:
+            while not ray.wait([ref], timeout=POLL_S)[0]:
+                bar.update(max(0, _units_done(SupernetStore, out) - bar.n))
+            bar.update(units - bar.n)
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayError as e:
+            if isinstance(getattr(e, "cause", None), SparsearchError):  # the run's own one-line error
+                raise SparsearchError(str(e.cause)) from None
+            raise SparsearchError(f"the supernet build task failed: {_cause(e)}") from None
+    finally:
+        remove_placement_group(group)
+        _returned(ray, before)
+
+
+def _returned(ray, before: dict[str, float], timeout: float = 30.0) -> None:
+    """Wait until the cluster has again the GPUs and CPUs it had free before the build task (Ray
+    frees a removed placement group asynchronously; the evaluators are placed next)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        free = ray.available_resources()
+        if all(free.get(k, 0) >= before.get(k, 0) - 1e-9 for k in ("GPU", "CPU")):
+            return
+        time.sleep(0.1)
+
+
+def _units_done(store_cls, out: Path) -> int:
+    try:
+        partial = store_cls.partial(out)
+    except SparsearchError:  # read while it is being replaced: next time
+        return 0
+    if partial is None:
+        return 0
+    return len(partial.manifest["units"])
