@@ -5,7 +5,8 @@ Each Ray actor builds its own :class:`~fitness.evaluator.Evaluator` from an
 teacher cache — so nothing large crosses the object store. The pool keeps one evaluation in flight
 per actor; when an actor dies mid-evaluation it is replaced and its genome resubmitted, so a search
 ends with the same evaluations as without the failure. As soon as it is placed, every actor hashes
-the files it will read (the supernet's manifest, the run's token files: :func:`shared_files`) and
+the files it will read (the supernet's manifest, the run's token files, a model folder's config:
+:func:`shared_files`) and
 the driver compares them with its own, so a node that does not see the driver's storage is one
 line naming the node and the file, before any model loads.
 
@@ -50,9 +51,12 @@ class EvaluatorSpec:
 
 def shared_files(spec: EvaluatorSpec) -> dict[str, str | None]:
     """The SHA-256 of every file an evaluator of ``spec`` reads from shared storage (the supernet's
-    ``manifest.json``, which holds every variant's hash, and the run's token files), ``None`` for
-    one it cannot read; keyed by path."""
+    ``manifest.json``, which holds every variant's hash, the run's token files, and a model given
+    as a path: its ``config.json``, or its .gguf file), ``None`` for one it cannot read; keyed by
+    path."""
     paths = [os.path.join(spec.supernet, "manifest.json"), spec.tokens, spec.train_tokens, spec.validation_tokens]
+    if os.path.isabs(spec.model):  # a model folder (or file) rather than an alias or a hub id
+        paths.append(os.path.join(spec.model, "config.json") if not spec.model.endswith(".gguf") else spec.model)
     out: dict[str, str | None] = {}
     for path in filter(None, paths):
         try:
@@ -232,8 +236,8 @@ class RayPool:
             if seen.get(path) != digest:
                 what = "cannot read" if seen.get(path) is None else "sees another file at"
                 raise SparsearchError(
-                    f"evaluator on node {where['host']} ({where['node'][:12]}) {what} {path}: the supernet and the "
-                    "run directory must be on storage every node sees, with the same contents (docs/cluster.md)")
+                    f"evaluator on node {where['host']} ({where['node'][:12]}) {what} {path}: a model folder, the "
+                    "supernet and the run directory must be on storage every node sees, with the same contents (docs/cluster.md)")
 
     def _get(self, refs: list[Any], what: str) -> list[Any]:
         """``ray.get(refs)``; an actor that fails to start, or a SparsearchError in it, is one line."""

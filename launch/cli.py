@@ -11,6 +11,7 @@ runs, and the command passes it to the library.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
@@ -185,8 +186,24 @@ def _load(run: RunConfig, model: str | None = None):
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
-    return load_model(model or run.model, dtype=run.dtype, device=_device(run.device),
+    return load_model(model or run.load_spec, dtype=run.dtype, device=_device(run.device),
                       trust_remote_code=run.trust_remote_code)
+
+
+def _staged(run: RunConfig) -> RunConfig:
+    """A run that joins a Ray cluster with a hub model downloads its files once, here, into the
+    Hugging Face cache (``HF_HOME``, on storage every node sees: launch/cluster.yaml), and every
+    process of the run (the build task, the evaluators, this one) loads that folder: the nodes need
+    neither the network nor the token."""
+    from sparsearch.supernet.models import hub_snapshot
+
+    if run.cluster is None or run.cluster.address is None or run.model is None:
+        return run
+    folder = hub_snapshot(run.model)
+    if folder is None:
+        return run
+    run.log(f"model: {run.model} staged in {folder} for the cluster's nodes")
+    return dataclasses.replace(run, model_files=str(folder))
 
 
 def _check_files(*paths: str | None) -> None:
@@ -387,6 +404,7 @@ def cmd_search(o: Resolved, run: RunConfig) -> int:
     _device(run.device)
     inputs.probe_storage(o.values)
     place(run.cluster)  # the cluster can hold the evaluators, before the run directory is written
+    run = _staged(run)
     rundir.claim(o.run_dir, "run directory", "--run-dir")
     store = SupernetStore.open(o.supernet)
     store.check_files()
@@ -424,6 +442,7 @@ def cmd_run(o: Resolved, run: RunConfig) -> int:
     _check_files(_text_file(run.calibration), run.heldout.text)
     inputs.probe_storage(o.values)
     place(run.cluster)  # the cluster can hold the evaluators, before the run directory is written
+    run = _staged(run)
     rundir.claim(o.run_dir, "run directory", "--run-dir")
     out = Path(o.supernet) if o.supernet else run.run_dir / "supernet"
     _claim_supernet(out, "--supernet")

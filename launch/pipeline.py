@@ -155,7 +155,7 @@ def search(model, tokenizer, store: SupernetStore, run: RunConfig, *, log: Log,
     """Search the budget allocation of ``store`` for ``model`` (dense on entry; stitched to the
     best genome on return) with ``run``'s settings: its tokens, its starts, then its engine
     (:data:`~sparsearch.search.registry.ENGINES`). Fitness runs in process, or on Ray actors
-    (``run.cluster``), each of which loads ``run.model`` itself. ``clock`` gets the phases
+    (``run.cluster``), each of which loads the model itself (``run.load_spec``). ``clock`` gets the phases
     ``sampling`` (the run's tokens), ``baselines``, ``teacher``, ``probes``, ``search`` and
     ``selection``. ``built_on``: where ``store`` was built, when not in this process."""
     clock = clock or PhaseClock()
@@ -166,7 +166,7 @@ def search(model, tokenizer, store: SupernetStore, run: RunConfig, *, log: Log,
     budget.require_feasible()  # before anything is written or scored
     with clock("sampling"):
         drawn = run_tokens_of(model, tokenizer, run)
-    factory = FitnessFactory(model, model_spec=run.model or store.manifest["model"]["name"], run_dir=run.run_dir,
+    factory = FitnessFactory(model, model_spec=run.load_spec or store.manifest["model"]["name"], run_dir=run.run_dir,
                              tokens=drawn["fitness"], fitness=run.fitness, cluster=run.cluster, seed=cfg.seed,
                              trust_remote_code=run.trust_remote_code, train=run.train, train_tokens=drawn["training"],
                              validation_tokens=drawn["validation"], built_on=built_on)

@@ -60,7 +60,7 @@ def accelerator_node(cluster: ClusterConfig | None, accelerators: int | None = N
 
 
 def _build_task(run, out: str, cpus: float) -> dict[str, Any]:
-    """The Ray task: load ``run.model`` on this node's accelerator (else its CPU) and build or resume
+    """The Ray task: load the model (``run.load_spec``) on this node's accelerator (else its CPU) and build or resume
     the supernet at ``out`` exactly as a local run does."""
     import ray
     import torch
@@ -74,7 +74,7 @@ def _build_task(run, out: str, cpus: float) -> dict[str, Any]:
     device = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else torch.device("cpu")
     clock = PhaseClock()
     with clock("load"):
-        model, tokenizer = load_model(run.model, dtype=run.dtype, device=device,
+        model, tokenizer = load_model(run.load_spec, dtype=run.dtype, device=device,
                                       trust_remote_code=run.trust_remote_code)
     ensure_supernet(model, tokenizer, Path(out), run, log=run.log, clock=clock)
     ctx = ray.get_runtime_context()

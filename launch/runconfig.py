@@ -37,9 +37,12 @@ class RunConfig:
     ``dtype``/``device``: how it is loaded; ``progress``: progress bars and log lines (not
     ``--quiet``). ``search`` ... ``heal``: the command's typed configs (``None`` where it has none);
     ``scoring``: where a search's fitness, validation and training tokens come from
-    (:func:`~sparsearch.launch.tokens.fitness_source` of its calibration and fitness configs)."""
+    (:func:`~sparsearch.launch.tokens.fitness_source` of its calibration and fitness configs);
+    ``model_files``: the folder a hub ``model`` was staged to for a cluster's nodes
+    (:func:`~sparsearch.supernet.models.hub_snapshot`), which every process loads instead."""
 
     model: str | None = None
+    model_files: str | None = None
     dtype: str = "auto"
     device: str = "auto"
     trust_remote_code: bool = False
@@ -67,6 +70,11 @@ class RunConfig:
         if self.search is not None:
             missing = [n for n in ("fitness", "calibration", "train", "cluster") if getattr(self, n) is None]
             require(not missing, "a search's run config", missing, "complete (no configs missing)")
+
+    @property
+    def load_spec(self) -> str | None:
+        """What to load the model from: its staged folder, else ``model``."""
+        return self.model_files or self.model
 
     def log(self, message: str) -> None:
         """One log line on stderr (none with ``progress`` off)."""

@@ -166,6 +166,24 @@ def _hub_error(spec: str, e: BaseException) -> SparsearchError:
                            f"the hub: {first_line(e)}")
 
 
+HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.tiktoken", "*.txt", "*.jinja"]  # config, weights, tokenizer
+
+
+def hub_snapshot(spec: str) -> Path | None:
+    """The local folder of hub model ``spec`` (its config, safetensors weights and tokenizer files),
+    downloaded into the Hugging Face cache (``HF_HOME``) unless already there; ``None`` for an
+    alias, a local path or a spec that is no hub id. The token of a gated model comes from the
+    environment (``HF_TOKEN``) or the cache's token file."""
+    if spec in ALIASES or Path(spec).expanduser().exists() or not _looks_remote(spec):
+        return None
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(spec, allow_patterns=HUB_FILES))
+    except Exception as e:  # the hub client's errors (network, auth, missing repo) share no base class
+        raise _hub_error(spec, e) from None
+
+
 def _weights(path: Path) -> None:
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")) and not any(path.glob("*.gguf")):
         raise SparsearchError(f"model folder {path} has no weights (*.safetensors or *.bin)")

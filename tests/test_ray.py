@@ -238,6 +238,40 @@ def test_the_venv_is_activated_before_debians_non_interactive_guard(tmp_path):
             assert cmd.startswith(("source ~/sparsearch-venv/bin/activate && ray ", "~/sparsearch-venv/bin/ray ")), cmd
 
 
+def test_the_cloud_yaml_mounts_the_shared_fs_once_and_keeps_the_hub_cache_and_token_there(tmp_path):
+    """cluster.yaml's commands, run twice with stand-ins for sudo, mountpoint and mount: the file
+    system named at the top is mounted at /mnt/shared once, and the venv's activation exports
+    HF_HOME under it (and the token, when one is set) exactly once."""
+    config = yaml.safe_load((ROOT / "launch" / "cluster.yaml").read_text())
+    home, bin_ = tmp_path / "home", tmp_path / "bin"
+    (home / "sparsearch-venv" / "bin").mkdir(parents=True)
+    (home / "sparsearch-venv" / "bin" / "activate").write_text("export VIRTUAL_ENV=x\n")
+    bin_.mkdir()
+    log = tmp_path / "calls"
+    stand_ins = {"sudo": '"$@"', "mkdir": f'echo "mkdir $*" >> {log}', "chown": f'echo "chown $*" >> {log}',
+                 "mount.nfs4": "true", "apt-get": f'echo "apt-get $*" >> {log}',
+                 "mount": f'echo "mount $*" >> {log}; touch {tmp_path}/mounted',
+                 "mountpoint": f'test -e {tmp_path}/mounted'}
+    for name, body in stand_ins.items():
+        (bin_ / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_ / name).chmod(0o755)
+    env = {"HOME": str(home), "PATH": f"{bin_}:{os.environ['PATH']}"}
+    init = config["initialization_commands"]
+    shared = [c for c in config["setup_commands"] if "/mnt/shared" in c]
+    assert len(init) == 1 and len(shared) == 2
+    for token in ("", "hf_secret"):
+        subprocess.run(["bash", "-c", init[0].replace("'' >", f"'{token}' >")], env=env, check=True)
+        for _ in range(2):
+            for command in shared:
+                subprocess.run(["bash", "-c", command], env=env, check=True)
+        activate = (home / "sparsearch-venv" / "bin" / "activate").read_text()
+        assert activate == "export VIRTUAL_ENV=x\nexport HF_HOME=/mnt/shared/hf\n" + (
+            f"export HF_TOKEN={token}\n" if token else "")
+    mounts = [line for line in log.read_text().splitlines() if line.startswith("mount ")]
+    assert len(mounts) == 1 and mounts[0].endswith("fs-0123456789abcdef0.efs.us-west-2.amazonaws.com:/ /mnt/shared")
+    assert "-t nfs4" in mounts[0] and "apt-get" not in log.read_text()
+
+
 # -- a cluster with GPUs, a driver without -------------------------------------------------------
 HOLDER = """
 import sys, ray
@@ -297,9 +331,9 @@ def _attempts(dashboard: str) -> set:
     return {(t.task_id, t.attempt_number) for t in _build_tasks(dashboard)}
 
 
-def _driver(*args, timeout=300) -> subprocess.CompletedProcess:
-    """The command line as a driver with no GPU of its own sees it."""
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", TRANSFORMERS_VERBOSITY="error")
+def _driver(*args, timeout=300, **environ) -> subprocess.CompletedProcess:
+    """The command line as a driver with no GPU of its own sees it (``environ``: more variables)."""
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", TRANSFORMERS_VERBOSITY="error", **environ)
     env.pop("RAY_ADDRESS", None)
     return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout,
                           env=env, cwd=ROOT)
@@ -474,3 +508,51 @@ def test_a_build_task_killed_mid_build_is_retried_and_resumes_from_the_store(gpu
     attempts = [(t.attempt_number, t.state) for t in _build_tasks(dashboard, before)]
     assert attempts == [(0, "FAILED"), (1, "FINISHED")], attempts
     assert _variants(tmp_path / "run" / "supernet") == _variants(calm / "supernet")
+
+
+HUB_ID = "sparsearch-test/tiny"
+ON_A_NODE = """
+import sys, ray
+ray.init(address=sys.argv[1], log_to_driver=False)
+
+@ray.remote(num_cpus=1)
+def resolve(spec):
+    from sparsearch.base.errors import SparsearchError
+    from sparsearch.supernet.models import hub_snapshot
+    try:
+        return str(hub_snapshot(spec))
+    except SparsearchError as e:
+        return "error: " + str(e)
+
+print(ray.get(resolve.remote(sys.argv[2])))
+"""
+
+
+def test_a_hub_model_is_staged_once_by_the_driver_and_the_nodes_load_its_folder(gpu_cluster_info, model_dir,
+                                                                                 tmp_path):
+    """A hub id on a cluster: the driver resolves it once, in its Hugging Face cache (here offline,
+    a cache that holds the snapshot), and the build task and both evaluators load that folder; the
+    cluster's own processes, with another cache, could not resolve the id at all."""
+    import shutil
+
+    address = gpu_cluster_info["address"]
+    repo = tmp_path / "hf" / "hub" / ("models--" + HUB_ID.replace("/", "--"))
+    shutil.copytree(model_dir / "model", repo / "snapshots" / ("0" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    hf = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+
+    node = _driver("-c", ON_A_NODE, address, HUB_ID, **hf)  # what a node of the cluster makes of the id
+    assert node.returncode == 0, node.stderr
+    assert node.stdout.strip().startswith("error: no such model folder 'sparsearch-test/tiny'"), node.stdout
+
+    run = tmp_path / "run"
+    args = [a if a != model_dir / "model" else HUB_ID for a in _run(model_dir, run)]
+    r = _driver(*[a for a in args if a != "--quiet"], "--ray-address", address, "--workers", "2", "--engine",
+                "uniform", **hf)
+    assert r.returncode == 0, r.stderr
+    assert f"model: {HUB_ID} staged in {repo / 'snapshots' / ('0' * 40)}" in r.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["model"] == HUB_ID and summary["cluster"]["build"]["ray_task"] is True
+    assert json.loads((run / "supernet" / "manifest.json").read_text())["model"]["name"] == HUB_ID
+    assert [w["gpus"] for w in summary["cluster"]["workers"]] == [1, 1]
