@@ -371,16 +371,21 @@ def _heal_export(run: RunConfig, model, tokenizer, outcome) -> None:
     """``run --heal-tokens N``: the export healed into ``R/export-healed`` (replacing an earlier one)."""
     import shutil
 
+    from sparsearch.launch import remote
     from sparsearch.launch.heal import HEALED_EXPORT, heal
 
-    outcome.stitcher.apply(outcome.space.dense)  # the teacher: heal stitches its own student
     healed = run.run_dir / HEALED_EXPORT
     if healed.exists():
         shutil.rmtree(healed)
-    result = heal(run.run_dir, healed, run.heal, run.calibration, load=lambda spec: (model, tokenizer),
-                  dtype=run.dtype, seed=run.seed, resume=run.resume, heldout=run.heldout,
-                  eval_batch_size=run.fitness.batch_size, progress=run.progress, log=run.log)
-    run.log(f"healed export: {result.summary['export']}")
+    node = remote.accelerator_node(run.cluster)  # a driver without a GPU heals on a GPU node of its cluster
+    if node is not None:
+        summary = remote.heal_on_node(node, run, healed, log=run.log)["summary"]
+    else:
+        outcome.stitcher.apply(outcome.space.dense)  # the teacher: heal stitches its own student
+        summary = heal(run.run_dir, healed, run.heal, run.calibration, load=lambda spec: (model, tokenizer),
+                       dtype=run.dtype, seed=run.seed, resume=run.resume, heldout=run.heldout,
+                       eval_batch_size=run.fitness.batch_size, progress=run.progress, log=run.log).summary
+    run.log(f"healed export: {summary['export']}")
 
 
 def _search_command_options(o: Options) -> None:

@@ -7,12 +7,15 @@ the cluster. The task runs the very function a local run runs
 (:func:`~sparsearch.launch.pipeline.ensure_supernet`) on a model it loads itself, on its node's
 accelerator, and writes the store where the driver asked, on storage every node sees. Ray retries
 a task whose worker dies; the retry resumes the build from the units already in the store. While
-it runs, the driver shows a progress bar over the units the store holds.
+it runs, the driver shows a progress bar over the units the store holds. ``run --heal-tokens``
+heals the export the same way, in a task that runs :func:`~sparsearch.launch.heal.heal`.
 
 Call order::
 
-    node = accelerator_node(run.cluster)      # None: build in this process
-    built = build_on_node(node, run, out)     # {"seconds": {phase: s}, "where": {...}}
+    node = accelerator_node(run.cluster)            # None: in this process
+    built = build_on_node(node, run, out, units=n)  # {"seconds": {phase: s}, "where": {...}}
+    ...                                             # the search, in the driver and its evaluators
+    healed = heal_on_node(node, run, out)           # {"summary": heal.json's, "where": {...}}
 """
 
 from __future__ import annotations
@@ -62,10 +65,8 @@ def accelerator_node(cluster: ClusterConfig | None, accelerators: int | None = N
 def _build_task(run, out: str, cpus: float) -> dict[str, Any]:
     """The Ray task: load the model (``run.load_spec``) on this node's accelerator (else its CPU) and build or resume
     the supernet at ``out`` exactly as a local run does."""
-    import ray
     import torch
 
-    from sparsearch.launch.cluster import device_entry
     from sparsearch.launch.phases import PhaseClock
     from sparsearch.launch.pipeline import ensure_supernet
     from sparsearch.supernet.models import load_model
@@ -77,11 +78,7 @@ def _build_task(run, out: str, cpus: float) -> dict[str, Any]:
         model, tokenizer = load_model(run.load_spec, dtype=run.dtype, device=device,
                                       trust_remote_code=run.trust_remote_code)
     ensure_supernet(model, tokenizer, Path(out), run, log=run.log, clock=clock)
-    ctx = ray.get_runtime_context()
-    held = ctx.get_assigned_resources()
-    where = device_entry(device, cpus=int(held.get("CPU", cpus))) | {
-        "gpus": int(held.get("GPU", 0)), "gpu_ids": [str(i) for i in ray.get_gpu_ids()], "ray_task": True}
-    return {"seconds": clock.seconds, "where": where}
+    return {"seconds": clock.seconds, "where": _where(device, cpus)}
 
 
 def _free(ray) -> str:
@@ -93,41 +90,97 @@ def _free(ray) -> str:
 def build_on_node(node: NodeTask, run, out: Path, *, units: int, log: Callable[[str], None] = lambda _: None,
                   progress: bool = True) -> dict[str, Any]:
     """Sample the calibration and build (or resume) the supernet of ``run`` at ``out`` in one Ray task
-    of ``node``'s resources; ``units``: how many units the finished store holds (the progress bar's
-    total). Returns the task's phase times and where it ran (``device_entry`` fields, the GPU ids
-    and ``ray_task``). Raises :class:`SparsearchError` in one line when the task cannot be placed
-    within ``node.timeout`` or fails."""
+    of ``node``'s resources, retried (and resumed from the store) when its worker dies; ``units``:
+    how many units the finished store holds (the progress bar's total). Returns the task's phase
+    times and where it ran (``device_entry`` fields, the GPU ids and ``ray_task``)."""
+    from sparsearch.supernet.store import SupernetStore
+
+    log(f"supernet: sampling and building on the cluster (a Ray task of 1 GPU and {amount(node.cpus, 'CPU')}) "
+        f"into {out}")
+    return call_on_node(node, _build_task, (run, str(out), node.cpus), what="the supernet build task",
+                        name="sparsearch-supernet-build", retries=RETRIES, total=units, unit="unit",
+                        done=lambda: _units_done(SupernetStore, out), progress=progress)
+
+
+def _heal_task(run, out: str, cpus: float) -> dict[str, Any]:
+    """The Ray task: heal the run's best genome into ``out`` exactly as a local run does, on the dense
+    model loaded on this node's accelerator (else its CPU)."""
+    import torch
+
+    from sparsearch.launch.heal import heal
+    from sparsearch.supernet.models import load_model
+
+    torch.set_num_threads(max(1, int(cpus)))
+    device = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else torch.device("cpu")
+
+    def load(spec: str):
+        return load_model(run.load_spec if spec == run.model else spec, dtype=run.dtype, device=device,
+                          trust_remote_code=run.trust_remote_code)
+
+    result = heal(run.run_dir, Path(out), run.heal, run.calibration, load=load, dtype=run.dtype, seed=run.seed,
+                  resume=run.resume, heldout=run.heldout, eval_batch_size=run.fitness.batch_size, progress=False,
+                  log=run.log)
+    return {"summary": result.summary, "where": _where(device, cpus)}
+
+
+def heal_on_node(node: NodeTask, run, out: Path, *, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """``run --heal-tokens``'s healing of the run's export into ``out``, in one Ray task of ``node``'s
+    resources (not retried: a killed healing resumes with ``sparsearch heal --resume``). Returns
+    the healing's summary (``heal.json``) and where it ran."""
+    log(f"healing on the cluster (a Ray task of 1 GPU and {amount(node.cpus, 'CPU')}) into {out}")
+    return call_on_node(node, _heal_task, (run, str(out), node.cpus), what="the healing task", name="sparsearch-heal",
+                        retries=0)
+
+
+def _where(device, cpus: float) -> dict[str, Any]:
+    """Where this Ray task runs: ``device_entry``'s fields, the GPU ids Ray gave it, ``ray_task``."""
+    import ray
+
+    from sparsearch.launch.cluster import device_entry
+
+    held = ray.get_runtime_context().get_assigned_resources()
+    return device_entry(device, cpus=int(held.get("CPU", cpus))) | {
+        "gpus": int(held.get("GPU", 0)), "gpu_ids": [str(i) for i in ray.get_gpu_ids()], "ray_task": True}
+
+
+def call_on_node(node: NodeTask, fn: Callable[..., Any], args: tuple, *, what: str, name: str, retries: int,
+                 total: int = 0, unit: str = "", done: Callable[[], int] | None = None,
+                 progress: bool = True) -> Any:
+    """``fn(*args)`` as one Ray task named ``name`` of ``node``'s GPUs and CPUs, placed through a
+    placement group within ``node.timeout`` (else one line naming the cluster's free resources),
+    rerun by Ray up to ``retries`` times when its worker dies; with ``done``, a progress bar of
+    ``total`` ``unit``s that polls it. Its error, or its own :class:`SparsearchError`, is one line
+    (``what``: the task, in it). The cluster's resources are free again when it returns."""
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
     from tqdm import tqdm
 
     from sparsearch.fitness.pool import _cause
-    from sparsearch.supernet.store import SupernetStore
 
     before = ray.available_resources()
     group = placement_group([{"GPU": node.gpus, "CPU": node.cpus}])
     try:
         if not group.wait(node.timeout):
-            raise SparsearchError(f"the supernet build task (1 GPU and {amount(node.cpus, 'CPU')}) could not be placed within "
+            raise SparsearchError(f"{what} (1 GPU and {amount(node.cpus, 'CPU')}) could not be placed within "
                                   f"{node.timeout:g} s: the cluster has {_free(ray)}; free a GPU node, or wait "
                                   "longer with --worker-timeout")
-        task = ray.remote(_build_task).options(
-            num_gpus=node.gpus, num_cpus=node.cpus, max_retries=RETRIES, name="sparsearch-supernet-build",
+        task = ray.remote(fn).options(
+            num_gpus=node.gpus, num_cpus=node.cpus, max_retries=retries, name=name,
             scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0))
-        log(f"supernet: sampling and building on the cluster (a Ray task of 1 GPU and {amount(node.cpus, 'CPU')}) "
-            f"into {out}")
-        ref = task.remote(run, str(out), node.cpus)
-        with tqdm(total=units, desc="supernet (Ray task)", unit="unit", disable=not progress) as bar:
-            while not ray.wait([ref], timeout=POLL_S)[0]:
-                bar.update(max(0, _units_done(SupernetStore, out) - bar.n))
-            bar.update(units - bar.n)
+        ref = task.remote(*args)
+        if done is not None:
+            with tqdm(total=total, desc=f"{name.removeprefix('sparsearch-')} (Ray task)", unit=unit,
+                      disable=not progress) as bar:
+                while not ray.wait([ref], timeout=POLL_S)[0]:
+                    bar.update(max(0, done() - bar.n))
+                bar.update(max(0, total - bar.n))
         try:
             return ray.get(ref)
         except ray.exceptions.RayError as e:
             if isinstance(getattr(e, "cause", None), SparsearchError):  # the run's own one-line error
                 raise SparsearchError(str(e.cause)) from None
-            raise SparsearchError(f"the supernet build task failed: {_cause(e)}") from None
+            raise SparsearchError(f"{what} failed: {_cause(e)}") from None
     finally:
         remove_placement_group(group)
         _returned(ray, before)

@@ -130,25 +130,29 @@ def test_an_actor_that_cannot_load_its_supernet_is_one_line(spec, local_ray, tmp
 
 
 def test_an_actor_that_does_not_see_the_drivers_files_is_one_line_naming_node_and_path(spec, local_ray, tmp_path):
-    """Each placed actor hashes the supernet manifest and the token files it will read; the pool
-    refuses one whose view differs from the driver's (``expected``: what the driver saw), before
-    any model loads, naming the actor's host and the file."""
+    """Each placed actor hashes the supernet manifest, the token files and the model folder's config
+    it will read; the pool refuses one whose view differs from the driver's (``expected``: what the
+    driver saw), before any model loads, naming the actor's host and the file."""
     import hashlib
     import socket
 
     from sparsearch.fitness.pool import shared_files
 
     seen = shared_files(spec)
-    manifest = str(Path(spec.supernet) / "manifest.json")
-    assert set(seen) == {manifest, spec.tokens}
+    manifest, config = str(Path(spec.supernet) / "manifest.json"), str(Path(spec.model) / "config.json")
+    assert set(seen) == {manifest, spec.tokens, config}
     assert seen[spec.tokens] == hashlib.sha256(Path(spec.tokens).read_bytes()).hexdigest()
+    assert seen[config] == hashlib.sha256(Path(config).read_bytes()).hexdigest()
     changed = {**seen, spec.tokens: "0" * 64}  # the driver's file differs from what the node sees
     with pytest.raises(SparsearchError, match=rf"^evaluator on node {socket.gethostname()} \(\w+\) sees another "
-                                              rf"file at {spec.tokens}: the supernet and the run directory must be"):
+                                              rf"file at {spec.tokens}: a model folder, the supernet and the run directory "
+                                              "must be"):
         RayPool(spec, 1, num_cpus=1, expected=changed)
     elsewhere = str(tmp_path / "only-on-the-driver.safetensors")
     with pytest.raises(SparsearchError, match=rf"cannot read {elsewhere}: "):
         RayPool(spec, 1, num_cpus=1, expected={**seen, elsewhere: "0" * 64})
+    with pytest.raises(SparsearchError, match=rf"sees another file at {config}: "):  # another model there
+        RayPool(spec, 1, num_cpus=1, expected={**seen, config: "0" * 64})
     pool = RayPool(spec, 1, num_cpus=1)  # the same view: placed, and "files" is not in the summary's record
     try:
         assert "files" not in pool.placed[0] and pool.placed[0]["host"] == socket.gethostname()
@@ -556,3 +560,30 @@ def test_a_hub_model_is_staged_once_by_the_driver_and_the_nodes_load_its_folder(
     assert summary["model"] == HUB_ID and summary["cluster"]["build"]["ray_task"] is True
     assert json.loads((run / "supernet" / "manifest.json").read_text())["model"]["name"] == HUB_ID
     assert [w["gpus"] for w in summary["cluster"]["workers"]] == [1, 1]
+
+
+def _tasks(dashboard: str, name: str) -> list:
+    from ray.util.state import list_tasks
+
+    return list_tasks(address=dashboard, filters=[("name", "=", name)], detail=True, raise_on_missing_output=False)
+
+
+def test_run_heals_its_export_in_a_ray_task_that_holds_a_gpu(gpu_cluster_info, model_dir, tmp_path):
+    """`run --heal-tokens` from a driver with no GPU: healing runs in a Ray task of 1 GPU (the state
+    API says so) and writes the healed export that healing in process writes, byte for byte."""
+    address, dashboard = gpu_cluster_info["address"], gpu_cluster_info["dashboard"]
+    heal = ("--engine", "uniform", "--heal-tokens", "256")
+    before = {(t.task_id, t.attempt_number) for t in _tasks(dashboard, "sparsearch-heal")}
+    r = _driver(*[a for a in _run(model_dir, tmp_path / "run") if a != "--no-export"], "--ray-address", address,
+                "--workers", "1", *heal)
+    assert r.returncode == 0, r.stderr
+    tasks = [t for t in _tasks(dashboard, "sparsearch-heal") if (t.task_id, t.attempt_number) not in before]
+    group = "GPU_group_0_" + (tasks[0].placement_group_id if tasks else "?")
+    assert [(t.state, t.required_resources.get(group)) for t in tasks] == [("FINISHED", 1.0)]
+
+    r = _driver(*[a for a in _run(model_dir, tmp_path / "local") if a != "--no-export"], *heal)  # in process
+    assert r.returncode == 0, r.stderr
+    for run in ("run", "local"):
+        assert json.loads((tmp_path / run / "heal.json").read_text())["export"] == str(tmp_path / run / "export-healed")
+    healed = [(tmp_path / run / "export-healed" / "model.safetensors").read_bytes() for run in ("run", "local")]
+    assert healed[0] == healed[1]
