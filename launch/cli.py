@@ -309,21 +309,32 @@ def cmd_eval(o: Resolved, run: RunConfig) -> int:
 
 
 def _search_and_report(run: RunConfig, model, tokenizer, store, started: float, *, export: bool, clock,
-                       built_on: dict[str, Any] | None = None) -> int:
+                       built_on: dict[str, Any] | None = None, finish_on=None) -> int:
     """Search ``store``, write the run's summary and plots, then (``export``) its export and, with
-    ``run.heal``, a healed one. ``built_on``: where ``store`` was built, when not in this process."""
-    from sparsearch.launch import pipeline, report
+    ``run.heal``, a healed one. ``built_on``: where ``store`` was built, when not in this process;
+    ``finish_on``: the GPU node (:class:`~sparsearch.launch.remote.NodeTask`) that measures the
+    held-out perplexity and exports, for a driver whose ``model`` holds no weights."""
+    from sparsearch.launch import pipeline, remote, report
     from sparsearch.launch.heldout import heldout_windows
 
     windows = heldout_windows(run.heldout, tokenizer)  # a bad held-out text fails before the search
-    outcome = pipeline.search(model, tokenizer, store, run, log=run.log, clock=clock, built_on=built_on)
-    summary = _summary(run, outcome, windows, started, clock)
+    outcome = pipeline.search(model, tokenizer, store, run, log=run.log, clock=clock, built_on=built_on,
+                              stitch=finish_on is None)
+    summary = _summary(run, outcome, windows if finish_on is None else None, started, clock)
+    if finish_on is not None and (export or windows is not None):
+        with clock("export"):
+            finished = remote.finish_on_node(finish_on, run, summary, export=export, log=run.log)
+        summary = {**summary, **({"heldout": finished["heldout"]} if "heldout" in finished else {})}
+        summary["cluster"]["finish"] = finished["where"]
+        summary["timings"], summary["wall_time_s"] = clock.rounded(), round(time.perf_counter() - started, 3)
+        if export:
+            run.log(f"exported: {run.run_dir / 'export'}")
     path = report.write_summary(run.run_dir, summary)
     report.render(run.run_dir)
-    if export:
+    if export and finish_on is None:
         _export_run(run, model, tokenizer, outcome, summary, started, clock)
-        if run.heal is not None:
-            _heal_export(run, model, tokenizer, outcome)
+    if export and run.heal is not None:
+        _heal_export(run, model, tokenizer, outcome)
     print(f"{run.search.engine}: sparsity {summary['sparsity']:.3f}, KL {summary['fitness']['kl']:.4f} "
           f"(uniform {summary['uniform']['kl']:.4f}) after {summary['evaluations']} evaluations -> {path}")
     return 0
@@ -441,6 +452,7 @@ def cmd_run(o: Resolved, run: RunConfig) -> int:
     from sparsearch.launch import remote
     from sparsearch.launch.pipeline import ensure_supernet, require_fits
     from sparsearch.supernet.adapters import DecoderAdapter
+    from sparsearch.supernet.models import load_shell
     from sparsearch.supernet.store import SupernetStore
 
     started = time.perf_counter()
@@ -452,21 +464,26 @@ def cmd_run(o: Resolved, run: RunConfig) -> int:
     out = Path(o.supernet) if o.supernet else run.run_dir / "supernet"
     _claim_supernet(out, "--supernet")
     clock = PhaseClock()
+    node = remote.accelerator_node(run.cluster)  # a driver without a GPU builds on a GPU node of its cluster
+    shell = None
     with clock("load"):
-        model, tokenizer = _load(run)
+        if node is not None and remote.weightless_driver(run):
+            shell = load_shell(run.load_spec, dtype=run.dtype, trust_remote_code=run.trust_remote_code)
+        model, tokenizer = shell if shell is not None else _load(run)
     require_fits(model, seqlens=run.seqlens, supernet=run.supernet)
     built_on = None
-    node = remote.accelerator_node(run.cluster)  # a driver without a GPU builds on a GPU node of its cluster
-    if node is not None and not SupernetStore.is_complete(out):
+    if node is not None and (shell is not None or not SupernetStore.is_complete(out)):
+        # the task builds the supernet, or checks a finished one against the weights this driver lacks
         units = 2 * DecoderAdapter(model).shape.num_layers
         built = remote.build_on_node(node, run, out, units=units, log=run.log, progress=run.progress)
         clock.add(built["seconds"])
         built_on = built["where"]
-    store = ensure_supernet(model, tokenizer, out, run, log=run.log, clock=clock)
+    store = SupernetStore.open(out) if shell is not None else ensure_supernet(model, tokenizer, out, run, log=run.log,
+                                                                              clock=clock)
     store.check_files()
     run.log(_describe(store))
     return _search_and_report(run, model, tokenizer, store, started, export=not o.no_export, clock=clock,
-                              built_on=built_on)
+                              built_on=built_on, finish_on=node if shell is not None else None)
 
 
 def _plan_options(o: Options) -> None:

@@ -3,6 +3,7 @@ and where it ran (:attr:`FitnessFactory.where`: the ``cluster`` block of a run's
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -11,7 +12,7 @@ import torch
 from sparsearch.fitness.config import FitnessConfig, TrainConfig
 from sparsearch.fitness.evaluator import Evaluator
 from sparsearch.fitness.teacher import TeacherCache
-from sparsearch.launch.cluster import ClusterConfig, Placement, device_entry, place
+from sparsearch.launch.cluster import ClusterConfig, Placement, device_entry, node_id, place
 from sparsearch.launch.tokens import FILES
 from sparsearch.base.settings import as_dict
 from sparsearch.search.fitness import Fitness
@@ -116,10 +117,12 @@ class FitnessFactory:
     def where(self) -> dict[str, Any] | None:
         """Where the fitness last opened runs, for the run's summary: ``{"workers": [{"node", "gpus",
         "cpus", ...}], "build": {"node", "gpus", "device", ...}}``, one entry per evaluator (the Ray
-        actors, with their host, GPU ids and torch device; or this process), and where the run's
-        supernet was built (``built_on``, else this process). ``node`` is a Ray node id, or the host
+        actors, with their host, GPU ids and torch device; or this process), where the run's
+        supernet was built (``built_on``, else this process), and the driver (``weights``: whether
+        it holds the model's weights). ``node`` is a Ray node id, or the host
         name where no Ray runs. ``None`` before a fitness was opened."""
         if self._workers is None:
             return None
         build = self.built_on if self.built_on is not None else device_entry(self._device)
-        return {"workers": [dict(w) for w in self._workers], "build": dict(build)}
+        driver = {"node": node_id(), "host": socket.gethostname(), "weights": self._device.type != "meta"}
+        return {"workers": [dict(w) for w in self._workers], "build": dict(build), "driver": driver}

@@ -41,7 +41,8 @@ Log = Callable[[str], None]
 class SearchOutcome:
     """What a search found. ``store``/``space``/``budget`` are those the best genome indexes (Týr:
     its last round's); ``baselines`` are the scored one-shot starts ``{name: {genome, kl, sparsity}}``;
-    ``stitcher`` holds the run's model, stitched to the best genome; ``cluster``: where the fitness
+    ``stitcher`` holds the run's model, stitched to the best genome (``None`` for a driver that holds
+    no weights: :mod:`sparsearch.launch.remote` finishes the run); ``cluster``: where the fitness
     and the supernet build ran (:attr:`~sparsearch.launch.evaluators.FitnessFactory.where`)."""
 
     result: Result
@@ -54,7 +55,7 @@ class SearchOutcome:
     schedule: list[dict[str, int]]
     nodes: list[str]
     params_total: int
-    stitcher: Stitcher
+    stitcher: Stitcher | None
     cluster: dict[str, Any]
     validation_tokens: int = 0  # tokens of the validation split (0: none)
 
@@ -151,13 +152,15 @@ def run_settings(run: RunConfig, store: SupernetStore, drawn: dict[str, torch.Te
 
 
 def search(model, tokenizer, store: SupernetStore, run: RunConfig, *, log: Log,
-           clock: PhaseClock | None = None, built_on: dict[str, Any] | None = None) -> SearchOutcome:
+           clock: PhaseClock | None = None, built_on: dict[str, Any] | None = None,
+           stitch: bool = True) -> SearchOutcome:
     """Search the budget allocation of ``store`` for ``model`` (dense on entry; stitched to the
     best genome on return) with ``run``'s settings: its tokens, its starts, then its engine
     (:data:`~sparsearch.search.registry.ENGINES`). Fitness runs in process, or on Ray actors
     (``run.cluster``), each of which loads the model itself (``run.load_spec``). ``clock`` gets the phases
     ``sampling`` (the run's tokens), ``baselines``, ``teacher``, ``probes``, ``search`` and
-    ``selection``. ``built_on``: where ``store`` was built, when not in this process."""
+    ``selection``. ``built_on``: where ``store`` was built, when not in this process; without
+    ``stitch``, the model (a weightless shell) is left dense."""
     clock = clock or PhaseClock()
     cfg, space = run.search, store.space()
     budget_of = functools.partial(make_budget, cfg=cfg, head_dim=store.manifest["model"]["shape"]["head_dim"],
@@ -184,7 +187,7 @@ def search(model, tokenizer, store: SupernetStore, run: RunConfig, *, log: Log,
     finally:
         if factory.distributed:
             session.fitness.close()
-    stitcher = _stitched(session, result.best_genome)
+    stitcher = _stitched(session, result.best_genome) if stitch else None
     return SearchOutcome(**found, stitcher=stitcher, cluster=factory.where,
                          params_total=sum(p.numel() for p in model.parameters()),
                          validation_tokens=0 if drawn["validation"] is None else drawn["validation"].numel())

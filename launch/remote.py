@@ -10,11 +10,17 @@ a task whose worker dies; the retry resumes the build from the units already in 
 it runs, the driver shows a progress bar over the units the store holds. ``run --heal-tokens``
 heals the export the same way, in a task that runs :func:`~sparsearch.launch.heal.heal`.
 
+Where the run allows it (:func:`weightless_driver`), the driver then holds the model without its
+weights (on the meta device): its evaluators score on the cluster, and the steps after the search
+that read the weights (held-out perplexity, the export) run in one more task on a GPU node, so the
+driver's memory does not grow with the model.
+
 Call order::
 
     node = accelerator_node(run.cluster)            # None: in this process
     built = build_on_node(node, run, out, units=n)  # {"seconds": {phase: s}, "where": {...}}
     ...                                             # the search, in the driver and its evaluators
+    finished = finish_on_node(node, run, summary, export=True)  # a weightless driver: held-out, export
     healed = heal_on_node(node, run, out)           # {"summary": heal.json's, "where": {...}}
 """
 
@@ -130,6 +136,66 @@ def heal_on_node(node: NodeTask, run, out: Path, *, log: Callable[[str], None] =
     log(f"healing on the cluster (a Ray task of 1 GPU and {amount(node.cpus, 'CPU')}) into {out}")
     return call_on_node(node, _heal_task, (run, str(out), node.cpus), what="the healing task", name="sparsearch-heal",
                         retries=0)
+
+
+def weightless_driver(run) -> bool:
+    """Whether ``run``'s driver can hold the model without weights (:func:`~sparsearch.supernet.models.load_shell`)
+    while its heavy steps run on a GPU node: its fitness, validation and training tokens come from a
+    text (not sampled from the model), no start reads activations, and its engine builds no supernets
+    of its own (Týr's rounds)."""
+    from sparsearch.search.registry import ENGINES, STARTS
+
+    search = run.search
+    return (run.scoring.source != "self" and ENGINES[search.engine].extras is None
+            and not any(STARTS[n].activations for n in search.start_names))
+
+
+def _finish_task(run, summary: dict[str, Any], export: bool, cpus: float) -> dict[str, Any]:
+    """The Ray task: the run's model stitched to its best genome on this node, its held-out
+    perplexities (with ``run.heldout.text``) and, with ``export``, ``R/export`` with the model card
+    of ``summary`` and those perplexities, as a driver that holds the weights writes them."""
+    import shutil
+
+    import torch
+
+    from sparsearch.launch import report
+    from sparsearch.launch.heldout import heldout_perplexity, heldout_windows
+    from sparsearch.supernet.models import load_model
+    from sparsearch.supernet.stitch import Stitcher
+    from sparsearch.supernet.store import SupernetStore
+
+    torch.set_num_threads(max(1, int(cpus)))
+    device = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else torch.device("cpu")
+    model, tokenizer = load_model(run.load_spec, dtype=run.dtype, device=device, trust_remote_code=run.trust_remote_code)
+    store = SupernetStore.open(summary["supernet"])
+    stitcher = Stitcher(model, store)
+    best = tuple(summary["best_genome"])
+    out: dict[str, Any] = {"where": _where(device, cpus)}
+    windows = heldout_windows(run.heldout, tokenizer)
+    if windows is not None:
+        starts = {n: tuple(b["genome"]) for n, b in summary["baselines"].items()}
+        out["heldout"] = heldout_perplexity(run.heldout, windows, stitcher, best, tuple(summary["uniform"]["genome"]),
+                                            batch_size=run.fitness.batch_size, starts=starts)
+        summary = {**summary, "heldout": out["heldout"]}
+    if export:
+        stitcher.apply(best)
+        folder = run.run_dir / "export"
+        if folder.exists():
+            shutil.rmtree(folder)
+        report.export_genome(model, tokenizer, summary, summary["best_genome"], folder, store.space())
+    return out
+
+
+def finish_on_node(node: NodeTask, run, summary: dict[str, Any], *, export: bool,
+                   log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """The steps of a run that need the weights after its search, for a driver that holds none: the
+    held-out perplexities and the export (:func:`_finish_task`), in one Ray task of ``node``'s
+    resources, retried when its worker dies (both steps start over). Returns ``{"heldout": ...}``
+    (with a held-out text) and where it ran."""
+    log(f"finishing on the cluster (a Ray task of 1 GPU and {amount(node.cpus, 'CPU')}): "
+        + ", ".join(x for x in ("held-out perplexity" if run.heldout.text else "", "export" if export else "") if x))
+    return call_on_node(node, _finish_task, (run, summary, export, node.cpus), what="the finishing task",
+                        name="sparsearch-finish", retries=RETRIES)
 
 
 def _where(device, cpus: float) -> dict[str, Any]:

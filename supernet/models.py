@@ -189,6 +189,29 @@ def _weights(path: Path) -> None:
         raise SparsearchError(f"model folder {path} has no weights (*.safetensors or *.bin)")
 
 
+def load_shell(spec: str, *, dtype: str = "auto", trust_remote_code: bool = False):
+    """``(model, tokenizer)`` for ``spec`` with the model's parameters on the meta device: its
+    config, module tree, shapes and dtypes (those :func:`load_model` gives), no weights, for a
+    process whose weight-bound steps run elsewhere. ``None`` where the config and tokenizer come only
+    with the weights (a .gguf file) or from the installed modeling code (a sparsearch export)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(spec).expanduser()
+    folder = ALIASES[spec]() if spec in ALIASES else path if path.is_dir() else None
+    if folder is None or _is_export(_folder_config(folder)):
+        return None
+    if spec not in ALIASES:
+        _check_remote_code(folder, _folder_config(folder), trust_remote_code)
+    config = load_config(str(folder), trust_remote_code=trust_remote_code)
+    stored = getattr(config, "dtype", None) or torch.float32
+    torch_dtype = (stored if isinstance(stored, torch.dtype) else getattr(torch, str(stored))) if dtype == "auto" \
+        else getattr(torch, dtype)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    return model.eval(), tokenizer
+
+
 def load_model(spec: str, *, dtype: str = "auto", device: str | torch.device | None = None,
                trust_remote_code: bool = False):
     """``(model, tokenizer)`` for ``spec``: an alias, a folder with config.json, a .gguf file or a

@@ -321,18 +321,14 @@ def gpu_cluster(gpu_cluster_info):
     return gpu_cluster_info["address"]
 
 
-def _build_tasks(dashboard: str, since: set | frozenset = frozenset()) -> list:
+def _build_tasks(dashboard: str, since: set | frozenset = frozenset(), settle: int = 0) -> list:
     """The supernet build tasks Ray's state API knows of, each attempt, but those whose ``(task_id,
-    attempt_number)`` is in ``since``."""
-    from ray.util.state import list_tasks
-
-    tasks = list_tasks(address=dashboard, filters=[("name", "=", "sparsearch-supernet-build")], detail=True,
-                       raise_on_missing_output=False)
-    return sorted((t for t in tasks if (t.task_id, t.attempt_number) not in since), key=lambda t: t.attempt_number)
+    attempt_number)`` is in ``since`` (``settle``: as :func:`_tasks`)."""
+    return _tasks(dashboard, "sparsearch-supernet-build", since, settle)
 
 
-def _attempts(dashboard: str) -> set:
-    return {(t.task_id, t.attempt_number) for t in _build_tasks(dashboard)}
+def _attempts(dashboard: str, name: str = "sparsearch-supernet-build") -> set:
+    return {(t.task_id, t.attempt_number) for t in _tasks(dashboard, name)}
 
 
 def _driver(*args, timeout=300, **environ) -> subprocess.CompletedProcess:
@@ -430,30 +426,44 @@ def _variants(supernet: Path) -> dict[str, list]:
 def test_a_driver_without_gpus_builds_the_supernet_in_a_ray_task_that_holds_a_gpu(gpu_cluster_info, model_dir,
                                                                                    tmp_path):
     """`run` from a driver with no GPU, on a cluster with GPUs: calibration sampling and the build run
-    in one Ray task of 1 GPU (Ray's state API says so, and summary.json), then the evaluators get the
-    cluster's GPUs; the supernet is the one a local build writes."""
+    in one Ray task of 1 GPU (Ray's state API says so, and summary.json), the evaluators get the
+    cluster's GPUs, and the driver never holds the weights: the held-out perplexities and the export
+    come from another such task. Supernet, perplexities and export are those of the same run in
+    process."""
     address, dashboard = gpu_cluster_info["address"], gpu_cluster_info["dashboard"]
     run = tmp_path / "run"
-    before = _attempts(dashboard)
-    r = _driver(*_run(model_dir, run, "--ray-address", address, "--workers", "2", "--engine", "uniform"))
+    before, finishing = _attempts(dashboard), _attempts(dashboard, "sparsearch-finish")
+    whole = ("--engine", "evolution", "--generations", "1", "--offspring", "2", "--eval-text", model_dir / "text.txt",
+             "--eval-seqlen", "32")
+    r = _driver(*[a for a in _run(model_dir, run) if a != "--no-export"], "--ray-address", address, "--workers", "2",
+                *whole)
     assert r.returncode == 0, r.stderr
     summary = json.loads((run / "summary.json").read_text())
-    build, workers = summary["cluster"]["build"], summary["cluster"]["workers"]
+    cluster = summary["cluster"]
+    build, workers, finish = cluster["build"], cluster["workers"], cluster["finish"]
     assert build["ray_task"] is True and build["gpus"] == 1 and len(build["gpu_ids"]) == 1
     assert build["device"] == "cpu"  # no CUDA on this machine: the task's torch stays on the CPU
     assert build["node"] in {w["node"] for w in workers} and [w["gpus"] for w in workers] == [1, 1]
+    assert finish["ray_task"] is True and finish["gpus"] == 1 and cluster["driver"]["weights"] is False
     assert summary["timings"]["build"] > 0 and "sampling" in summary["timings"]
-    tasks = _build_tasks(dashboard, before)
+    tasks = _build_tasks(dashboard, before, settle=1)
     group = "_group_0_" + (tasks[0].placement_group_id or "?")  # a placement group's bundle 0 holds the task
     assert [(t.state, t.required_resources.get("GPU" + group), t.required_resources.get("CPU" + group))
             for t in tasks] == [("FINISHED", 1.0, 1.0)]
     assert tasks[0].node_id == build["node"]
+    assert [t.state for t in _tasks(dashboard, "sparsearch-finish", finishing, settle=1)] == ["FINISHED"]
 
-    local = tmp_path / "local"  # the same run in this process (one torch thread, as the task's)
-    r = _driver(*_run(model_dir, local, "--engine", "uniform"))
+    local = tmp_path / "local"  # the same run in this process (one torch thread, as the tasks')
+    r = _driver(*[a for a in _run(model_dir, local) if a != "--no-export"], *whole)
     assert r.returncode == 0, r.stderr
-    assert json.loads((local / "summary.json").read_text())["cluster"]["build"].get("ray_task") is None
+    here = json.loads((local / "summary.json").read_text())
+    assert here["cluster"]["build"].get("ray_task") is None and here["cluster"]["driver"]["weights"] is True
     assert _variants(run / "supernet") == _variants(local / "supernet")
+    assert summary["best_genome"] == here["best_genome"]
+    assert summary["heldout"]["perplexity"] == pytest.approx(here["heldout"]["perplexity"], rel=1e-6)
+    assert summary["heldout"]["uniform_perplexity"] == pytest.approx(here["heldout"]["uniform_perplexity"], rel=1e-6)
+    exported = [(d / "export" / "model.safetensors").read_bytes() for d in (run, local)]
+    assert exported[0] == exported[1]
 
 
 def _ray_worker(title: bytes, skip: set[int]) -> int | None:
@@ -509,7 +519,7 @@ def test_a_build_task_killed_mid_build_is_retried_and_resumes_from_the_store(gpu
     killer.join()
     assert r.returncode == 0, r.stderr
     assert 1 <= killed.get("units", 0) < units, (killed, at, units)  # killed mid-build, not after it
-    attempts = [(t.attempt_number, t.state) for t in _build_tasks(dashboard, before)]
+    attempts = [(t.attempt_number, t.state) for t in _build_tasks(dashboard, before, settle=2)]
     assert attempts == [(0, "FAILED"), (1, "FINISHED")], attempts
     assert _variants(tmp_path / "run" / "supernet") == _variants(calm / "supernet")
 
@@ -562,10 +572,20 @@ def test_a_hub_model_is_staged_once_by_the_driver_and_the_nodes_load_its_folder(
     assert [w["gpus"] for w in summary["cluster"]["workers"]] == [1, 1]
 
 
-def _tasks(dashboard: str, name: str) -> list:
+def _tasks(dashboard: str, name: str, since: set | frozenset = frozenset(), settle: int = 0) -> list:
+    """The tasks named ``name`` that Ray's state API knows of, each attempt but those in ``since``;
+    with ``settle``, waiting (up to 30 s) until that many have ended: task events reach the state
+    API a moment after the task, so right after a run they may not be there yet."""
     from ray.util.state import list_tasks
 
-    return list_tasks(address=dashboard, filters=[("name", "=", name)], detail=True, raise_on_missing_output=False)
+    deadline = time.monotonic() + 30
+    while True:
+        tasks = [t for t in list_tasks(address=dashboard, filters=[("name", "=", name)], detail=True,
+                                       raise_on_missing_output=False) if (t.task_id, t.attempt_number) not in since]
+        ended = [t for t in tasks if t.state in ("FINISHED", "FAILED")]
+        if len(ended) >= settle or time.monotonic() > deadline:
+            return sorted(tasks, key=lambda t: t.attempt_number)
+        time.sleep(0.5)
 
 
 def test_run_heals_its_export_in_a_ray_task_that_holds_a_gpu(gpu_cluster_info, model_dir, tmp_path):
@@ -573,11 +593,11 @@ def test_run_heals_its_export_in_a_ray_task_that_holds_a_gpu(gpu_cluster_info, m
     API says so) and writes the healed export that healing in process writes, byte for byte."""
     address, dashboard = gpu_cluster_info["address"], gpu_cluster_info["dashboard"]
     heal = ("--engine", "uniform", "--heal-tokens", "256")
-    before = {(t.task_id, t.attempt_number) for t in _tasks(dashboard, "sparsearch-heal")}
+    before = _attempts(dashboard, "sparsearch-heal")
     r = _driver(*[a for a in _run(model_dir, tmp_path / "run") if a != "--no-export"], "--ray-address", address,
                 "--workers", "1", *heal)
     assert r.returncode == 0, r.stderr
-    tasks = [t for t in _tasks(dashboard, "sparsearch-heal") if (t.task_id, t.attempt_number) not in before]
+    tasks = _tasks(dashboard, "sparsearch-heal", before, settle=1)
     group = "GPU_group_0_" + (tasks[0].placement_group_id if tasks else "?")
     assert [(t.state, t.required_resources.get(group)) for t in tasks] == [("FINISHED", 1.0)]
 
