@@ -149,7 +149,7 @@ def _number(x: float) -> float | int:
     return int(x) if float(x).is_integer() else round(float(x), 4)
 
 
-def _cause(e: BaseException) -> str:
+def ray_error_line(e: BaseException) -> str:
     """One line for a Ray actor or task error: the original exception's last line when it has one."""
     cause = getattr(e, "cause", None)
     if isinstance(cause, BaseException) and not isinstance(cause, type(e)):
@@ -247,10 +247,10 @@ class RayPool:
         try:
             return ray.get(refs)
         except RayActorError as e:
-            raise SparsearchError(f"an evaluator actor died before it could {what}: {_hint(_cause(e))}") from None
+            raise SparsearchError(f"an evaluator actor died before it could {what}: {_hint(ray_error_line(e))}") from None
         except RayTaskError as e:
             if isinstance(e.cause, SparsearchError):
-                raise SparsearchError(f"evaluator actor: {_hint(_cause(e))}") from None
+                raise SparsearchError(f"evaluator actor: {_hint(ray_error_line(e))}") from None
             raise
 
     def evaluate_many(self, genomes: Sequence[Genome], stage: int,
@@ -282,13 +282,13 @@ class RayPool:
                 score, node = ray.get(ref)
             except RayTaskError as e:  # the evaluation raised (a replacement's model failed to load, ...)
                 if isinstance(e.cause, SparsearchError):
-                    raise SparsearchError(f"evaluator actor: {_hint(_cause(e))}") from None
+                    raise SparsearchError(f"evaluator actor: {_hint(ray_error_line(e))}") from None
                 raise
             except RayActorError as e:  # the actor died: replace it and evaluate the genome again
                 deaths[i] += 1
                 if deaths[i] > self.retries:
                     raise SparsearchError(f"evaluator actors died {deaths[i]} times evaluating one genome (the last: "
-                                          f"{_hint(_cause(e))}); see the Ray logs of node {self.placed[slot]['host']}"
+                                          f"{_hint(ray_error_line(e))}); see the Ray logs of node {self.placed[slot]['host']}"
                                           ) from None
                 [self.actors[slot]], [self.placed[slot]] = self._place(1)
                 self.replaced += 1

@@ -68,17 +68,24 @@ def accelerator_node(cluster: ClusterConfig | None, accelerators: int | None = N
     return NodeTask(gpus=1.0, cpus=max(1.0, cluster.worker_cpus), timeout=cluster.worker_timeout)
 
 
-def _build_task(run, out: str, cpus: float) -> dict[str, Any]:
-    """The Ray task: load the model (``run.load_spec``) on this node's accelerator (else its CPU) and build or resume
-    the supernet at ``out`` exactly as a local run does."""
+def _node_device(cpus: float):
+    """In a Ray task of ``cpus`` CPUs: as many torch threads, and the torch device of the GPU Ray gave
+    it (the node's CPU where torch sees no accelerator)."""
     import torch
 
+    torch.set_num_threads(max(1, int(cpus)))
+    return torch.accelerator.current_accelerator() if torch.accelerator.is_available() else torch.device("cpu")
+
+
+def _build_task(run, out: str, cpus: float) -> dict[str, Any]:
+    """The Ray task: load the model (``run.load_spec``) on this node's accelerator (else its CPU) and
+    build or resume the supernet at ``out`` exactly as a local run does (a finished one is checked
+    against the model's weights and settings)."""
     from sparsearch.launch.phases import PhaseClock
     from sparsearch.launch.pipeline import ensure_supernet
     from sparsearch.supernet.models import load_model
 
-    torch.set_num_threads(max(1, int(cpus)))
-    device = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else torch.device("cpu")
+    device = _node_device(cpus)
     clock = PhaseClock()
     with clock("load"):
         model, tokenizer = load_model(run.load_spec, dtype=run.dtype, device=device,
@@ -99,25 +106,20 @@ def build_on_node(node: NodeTask, run, out: Path, *, units: int, log: Callable[[
     of ``node``'s resources, retried (and resumed from the store) when its worker dies; ``units``:
     how many units the finished store holds (the progress bar's total). Returns the task's phase
     times and where it ran (``device_entry`` fields, the GPU ids and ``ray_task``)."""
-    from sparsearch.supernet.store import SupernetStore
-
-    log(f"supernet: sampling and building on the cluster (a Ray task of 1 GPU and {amount(node.cpus, 'CPU')}) "
+    log(f"supernet: sampling and building on the cluster (a Ray task of {amount(node.gpus, 'GPU')} and {amount(node.cpus, 'CPU')}) "
         f"into {out}")
     return call_on_node(node, _build_task, (run, str(out), node.cpus), what="the supernet build task",
                         name="sparsearch-supernet-build", retries=RETRIES, total=units, unit="unit",
-                        done=lambda: _units_done(SupernetStore, out), progress=progress)
+                        done=lambda: _units_done(out), progress=progress)
 
 
 def _heal_task(run, out: str, cpus: float) -> dict[str, Any]:
     """The Ray task: heal the run's best genome into ``out`` exactly as a local run does, on the dense
     model loaded on this node's accelerator (else its CPU)."""
-    import torch
-
     from sparsearch.launch.heal import heal
     from sparsearch.supernet.models import load_model
 
-    torch.set_num_threads(max(1, int(cpus)))
-    device = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else torch.device("cpu")
+    device = _node_device(cpus)
 
     def load(spec: str):
         return load_model(run.load_spec if spec == run.model else spec, dtype=run.dtype, device=device,
@@ -133,7 +135,7 @@ def heal_on_node(node: NodeTask, run, out: Path, *, log: Callable[[str], None] =
     """``run --heal-tokens``'s healing of the run's export into ``out``, in one Ray task of ``node``'s
     resources (not retried: a killed healing resumes with ``sparsearch heal --resume``). Returns
     the healing's summary (``heal.json``) and where it ran."""
-    log(f"healing on the cluster (a Ray task of 1 GPU and {amount(node.cpus, 'CPU')}) into {out}")
+    log(f"healing on the cluster (a Ray task of {amount(node.gpus, 'GPU')} and {amount(node.cpus, 'CPU')}) into {out}")
     return call_on_node(node, _heal_task, (run, str(out), node.cpus), what="the healing task", name="sparsearch-heal",
                         retries=0)
 
@@ -156,16 +158,13 @@ def _finish_task(run, summary: dict[str, Any], export: bool, cpus: float) -> dic
     of ``summary`` and those perplexities, as a driver that holds the weights writes them."""
     import shutil
 
-    import torch
-
     from sparsearch.launch import report
     from sparsearch.launch.heldout import heldout_perplexity, heldout_windows
     from sparsearch.supernet.models import load_model
     from sparsearch.supernet.stitch import Stitcher
     from sparsearch.supernet.store import SupernetStore
 
-    torch.set_num_threads(max(1, int(cpus)))
-    device = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else torch.device("cpu")
+    device = _node_device(cpus)
     model, tokenizer = load_model(run.load_spec, dtype=run.dtype, device=device, trust_remote_code=run.trust_remote_code)
     store = SupernetStore.open(summary["supernet"])
     stitcher = Stitcher(model, store)
@@ -192,7 +191,7 @@ def finish_on_node(node: NodeTask, run, summary: dict[str, Any], *, export: bool
     held-out perplexities and the export (:func:`_finish_task`), in one Ray task of ``node``'s
     resources, retried when its worker dies (both steps start over). Returns ``{"heldout": ...}``
     (with a held-out text) and where it ran."""
-    log(f"finishing on the cluster (a Ray task of 1 GPU and {amount(node.cpus, 'CPU')}): "
+    log(f"finishing on the cluster (a Ray task of {amount(node.gpus, 'GPU')} and {amount(node.cpus, 'CPU')}): "
         + ", ".join(x for x in ("held-out perplexity" if run.heldout.text else "", "export" if export else "") if x))
     return call_on_node(node, _finish_task, (run, summary, export, node.cpus), what="the finishing task",
                         name="sparsearch-finish", retries=RETRIES)
@@ -222,13 +221,13 @@ def call_on_node(node: NodeTask, fn: Callable[..., Any], args: tuple, *, what: s
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
     from tqdm import tqdm
 
-    from sparsearch.fitness.pool import _cause
+    from sparsearch.fitness.pool import ray_error_line
 
     before = ray.available_resources()
     group = placement_group([{"GPU": node.gpus, "CPU": node.cpus}])
     try:
         if not group.wait(node.timeout):
-            raise SparsearchError(f"{what} (1 GPU and {amount(node.cpus, 'CPU')}) could not be placed within "
+            raise SparsearchError(f"{what} ({amount(node.gpus, 'GPU')} and {amount(node.cpus, 'CPU')}) could not be placed within "
                                   f"{node.timeout:g} s: the cluster has {_free(ray)}; free a GPU node, or wait "
                                   "longer with --worker-timeout")
         task = ray.remote(fn).options(
@@ -246,7 +245,7 @@ def call_on_node(node: NodeTask, fn: Callable[..., Any], args: tuple, *, what: s
         except ray.exceptions.RayError as e:
             if isinstance(getattr(e, "cause", None), SparsearchError):  # the run's own one-line error
                 raise SparsearchError(str(e.cause)) from None
-            raise SparsearchError(f"{what} failed: {_cause(e)}") from None
+            raise SparsearchError(f"{what} failed: {ray_error_line(e)}") from None
     finally:
         remove_placement_group(group)
         _returned(ray, before)
@@ -263,9 +262,12 @@ def _returned(ray, before: dict[str, float], timeout: float = 30.0) -> None:
         time.sleep(0.1)
 
 
-def _units_done(store_cls, out: Path) -> int:
+def _units_done(out: Path) -> int:
+    """How many units the unfinished supernet at ``out`` holds (0 before it starts, or after)."""
+    from sparsearch.supernet.store import SupernetStore
+
     try:
-        partial = store_cls.partial(out)
+        partial = SupernetStore.partial(out)
     except SparsearchError:  # read while it is being replaced: next time
         return 0
     if partial is None:

@@ -607,3 +607,27 @@ def test_run_heals_its_export_in_a_ray_task_that_holds_a_gpu(gpu_cluster_info, m
         assert json.loads((tmp_path / run / "heal.json").read_text())["export"] == str(tmp_path / run / "export-healed")
     healed = [(tmp_path / run / "export-healed" / "model.safetensors").read_bytes() for run in ("run", "local")]
     assert healed[0] == healed[1]
+
+
+def test_a_heavy_task_the_cluster_cannot_place_is_one_line_within_its_timeout(gpu_cluster):
+    """A task of more GPUs than the cluster has is refused after its placement timeout, naming the
+    free GPUs and CPUs, and leaves the cluster's resources free."""
+    probe = (f"import time, ray\n"
+             f"from sparsearch.base.errors import SparsearchError\n"
+             f"from sparsearch.launch.cluster import connect\n"
+             f"from sparsearch.launch.remote import NodeTask, call_on_node\n"
+             f"connect({gpu_cluster!r})\n"
+             f"started = time.monotonic()\n"
+             f"try:\n"
+             f"    call_on_node(NodeTask(gpus=3, cpus=1, timeout=2), abs, (-1,), what='the test task', name='t', "
+             f"retries=0)\n"
+             f"except SparsearchError as e:\n"
+             f"    print(e)\n"
+             f"print(round(time.monotonic() - started), ray.available_resources().get('GPU'))\n")
+    r = _driver("-c", probe)
+    assert r.returncode == 0, r.stderr
+    message, timing = r.stdout.strip().splitlines()[-2:]
+    assert message == ("the test task (3 GPUs and 1 CPU) could not be placed within 2 s: the cluster has 2 GPUs and "
+                       "2 CPUs free (of 2 and 2); free a GPU node, or wait longer with --worker-timeout"), message
+    seconds, gpus = timing.split()
+    assert 2 <= int(seconds) <= 20 and float(gpus) == 2.0
