@@ -313,7 +313,8 @@ def _search_and_report(run: RunConfig, model, tokenizer, store, started: float, 
     """Search ``store``, write the run's summary and plots, then (``export``) its export and, with
     ``run.heal``, a healed one. ``built_on``: where ``store`` was built, when not in this process;
     ``finish_on``: the GPU node (:class:`~sparsearch.launch.remote.NodeTask`) that measures the
-    held-out perplexity and exports, for a driver whose ``model`` holds no weights."""
+    held-out perplexity and exports, for a driver without a GPU (whose ``model`` may hold no
+    weights)."""
     from sparsearch.launch import pipeline, remote, report
     from sparsearch.launch.heldout import heldout_windows
 
@@ -483,7 +484,7 @@ def cmd_run(o: Resolved, run: RunConfig) -> int:
     store.check_files()
     run.log(_describe(store))
     return _search_and_report(run, model, tokenizer, store, started, export=not o.no_export, clock=clock,
-                              built_on=built_on, finish_on=node if shell is not None else None)
+                              built_on=built_on, finish_on=node)
 
 
 def _plan_options(o: Options) -> None:

@@ -10,17 +10,16 @@ a task whose worker dies; the retry resumes the build from the units already in 
 it runs, the driver shows a progress bar over the units the store holds. ``run --heal-tokens``
 heals the export the same way, in a task that runs :func:`~sparsearch.launch.heal.heal`.
 
-Where the run allows it (:func:`weightless_driver`), the driver then holds the model without its
-weights (on the meta device): its evaluators score on the cluster, and the steps after the search
-that read the weights (held-out perplexity, the export) run in one more task on a GPU node, so the
-driver's memory does not grow with the model.
+After the search, the steps that read the weights (held-out perplexity, the export) run in one more
+task on a GPU node. Where the run allows it (:func:`weightless_driver`), the driver holds the model
+without its weights (on the meta device) all along, so its memory does not grow with the model.
 
 Call order::
 
     node = accelerator_node(run.cluster)            # None: in this process
     built = build_on_node(node, run, out, units=n)  # {"seconds": {phase: s}, "where": {...}}
     ...                                             # the search, in the driver and its evaluators
-    finished = finish_on_node(node, run, summary, export=True)  # a weightless driver: held-out, export
+    finished = finish_on_node(node, run, summary, export=True)  # held-out perplexity, export
     healed = heal_on_node(node, run, out)           # {"summary": heal.json's, "where": {...}}
 """
 
@@ -187,10 +186,10 @@ def _finish_task(run, summary: dict[str, Any], export: bool, cpus: float) -> dic
 
 def finish_on_node(node: NodeTask, run, summary: dict[str, Any], *, export: bool,
                    log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    """The steps of a run that need the weights after its search, for a driver that holds none: the
-    held-out perplexities and the export (:func:`_finish_task`), in one Ray task of ``node``'s
-    resources, retried when its worker dies (both steps start over). Returns ``{"heldout": ...}``
-    (with a held-out text) and where it ran."""
+    """The steps of a run that need the weights after its search, for a driver without a GPU (which
+    may hold no weights): the held-out perplexities and the export (:func:`_finish_task`), in one
+    Ray task of ``node``'s resources, retried when its worker dies (both steps start over).
+    Returns ``{"heldout": ...}`` (with a held-out text) and where it ran."""
     log(f"finishing on the cluster (a Ray task of {amount(node.gpus, 'GPU')} and {amount(node.cpus, 'CPU')}): "
         + ", ".join(x for x in ("held-out perplexity" if run.heldout.text else "", "export" if export else "") if x))
     return call_on_node(node, _finish_task, (run, summary, export, node.cpus), what="the finishing task",

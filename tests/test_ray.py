@@ -631,3 +631,18 @@ def test_a_heavy_task_the_cluster_cannot_place_is_one_line_within_its_timeout(gp
                        "2 CPUs free (of 2 and 2); free a GPU node, or wait longer with --worker-timeout"), message
     seconds, gpus = timing.split()
     assert 2 <= int(seconds) <= 20 and float(gpus) == 2.0
+
+
+def test_a_driver_that_needs_the_weights_loads_them_and_still_exports_on_a_gpu(gpu_cluster_info, model_dir,
+                                                                             tmp_path):
+    """OWL's start reads activations in the driver, so it loads the weights; the build and the export
+    still run in Ray tasks of 1 GPU."""
+    address = gpu_cluster_info["address"]
+    run = tmp_path / "run"
+    r = _driver(*[a for a in _run(model_dir, run) if a != "--no-export"], "--ray-address", address, "--workers", "1",
+                "--init", "owl", "--generations", "1", "--offspring", "2")
+    assert r.returncode == 0, r.stderr
+    cluster = json.loads((run / "summary.json").read_text())["cluster"]
+    assert cluster["driver"]["weights"] is True
+    assert cluster["build"]["ray_task"] is True and cluster["finish"]["ray_task"] is True
+    assert cluster["finish"]["gpus"] == 1 and (run / "export" / "model.safetensors").is_file()
