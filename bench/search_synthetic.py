@@ -164,7 +164,7 @@ class CountingFitness:
         return out
 
 
-def dp_optimum(problem: "Problem", space: SearchSpace, budget: Budget) -> float:
+def dp_optimum(problem: Problem, space: SearchSpace, budget: Budget) -> float:
     """Exact optimum by dynamic programming over costs (multiples of 100)."""
     unit = 100  # every level cost is a multiple
     lo, hi = math.ceil((budget.limit - budget.tolerance) / unit - 1e-9), math.floor(budget.limit / unit + 1e-9)

@@ -335,7 +335,7 @@ def _search_and_report(run: RunConfig, model, tokenizer, store, started: float, 
     if export and finish_on is None:
         _export_run(run, model, tokenizer, outcome, summary, started, clock)
     if export and run.heal is not None:
-        _heal_export(run, model, tokenizer, outcome)
+        _heal_export(run, model, tokenizer, outcome, finish_on)
     print(f"{run.search.engine}: sparsity {summary['sparsity']:.3f}, KL {summary['fitness']['kl']:.4f} "
           f"(uniform {summary['uniform']['kl']:.4f}) after {summary['evaluations']} evaluations -> {path}")
     return 0
@@ -379,8 +379,9 @@ def _export_run(run: RunConfig, model, tokenizer, outcome, summary: dict[str, An
     report.write_summary(run.run_dir, summary)
 
 
-def _heal_export(run: RunConfig, model, tokenizer, outcome) -> None:
-    """``run --heal-tokens N``: the export healed into ``R/export-healed`` (replacing an earlier one)."""
+def _heal_export(run: RunConfig, model, tokenizer, outcome, node=None) -> None:
+    """``run --heal-tokens N``: the export healed into ``R/export-healed`` (replacing an earlier one);
+    on ``node`` (a :class:`~sparsearch.launch.remote.NodeTask`) when the driver has no GPU."""
     import shutil
 
     from sparsearch.launch import remote
@@ -389,7 +390,6 @@ def _heal_export(run: RunConfig, model, tokenizer, outcome) -> None:
     healed = run.run_dir / HEALED_EXPORT
     if healed.exists():
         shutil.rmtree(healed)
-    node = remote.accelerator_node(run.cluster)  # a driver without a GPU heals on a GPU node of its cluster
     if node is not None:
         summary = remote.heal_on_node(node, run, healed, log=run.log)["summary"]
     else:
@@ -475,8 +475,8 @@ def cmd_run(o: Resolved, run: RunConfig) -> int:
     built_on = None
     if node is not None and (shell is not None or not SupernetStore.is_complete(out)):
         # the task builds the supernet, or checks a finished one against the weights this driver lacks
-        units = 2 * DecoderAdapter(model).shape.num_layers
-        built = remote.build_on_node(node, run, out, units=units, log=run.log, progress=run.progress)
+        built = remote.build_on_node(node, run, out, layers=DecoderAdapter(model).shape.num_layers, log=run.log,
+                                     progress=run.progress)
         clock.add(built["seconds"])
         built_on = built["where"]
     store = SupernetStore.open(out) if shell is not None else ensure_supernet(model, tokenizer, out, run, log=run.log,

@@ -53,11 +53,12 @@ class PhaseClock:
         return call
 
     def add(self, seconds: dict[str, float]) -> None:
-        """Phases measured elsewhere, in a step this run waited on (a Ray task), counted as its own."""
+        """Phases measured elsewhere, in a step this run waited on (a Ray task), counted as its own
+        (and, like any inner phase, not in the phase it was waited in)."""
         for name, s in seconds.items():
-            with self(name):
-                pass
-            self.seconds[name] += s
+            self.seconds[name] = self.seconds.get(name, 0.0) + s
+            if self._stack:
+                self._stack[-1][2] += s
 
     def rounded(self) -> dict[str, float]:
         return {name: round(s, 1) for name, s in self.seconds.items()}

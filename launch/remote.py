@@ -99,16 +99,18 @@ def _free(ray) -> str:
             f"{total.get('CPU', 0):g})")
 
 
-def build_on_node(node: NodeTask, run, out: Path, *, units: int, log: Callable[[str], None] = lambda _: None,
+def build_on_node(node: NodeTask, run, out: Path, *, layers: int, log: Callable[[str], None] = lambda _: None,
                   progress: bool = True) -> dict[str, Any]:
-    """Sample the calibration and build (or resume) the supernet of ``run`` at ``out`` in one Ray task
-    of ``node``'s resources, retried (and resumed from the store) when its worker dies; ``units``:
-    how many units the finished store holds (the progress bar's total). Returns the task's phase
-    times and where it ran (``device_entry`` fields, the GPU ids and ``ray_task``)."""
+    """Sample the calibration and build (or resume) the supernet of ``run``'s model of ``layers``
+    decoder layers at ``out`` in one Ray task of ``node``'s resources, retried (and resumed from the
+    store) when its worker dies, with a progress bar over the units the store holds. Returns the
+    task's phase times and where it ran (``device_entry`` fields, the GPU ids and ``ray_task``)."""
+    from sparsearch.search.space import UNIT_KINDS
+
     log(f"supernet: sampling and building on the cluster (a Ray task of {amount(node.gpus, 'GPU')} and {amount(node.cpus, 'CPU')}) "
         f"into {out}")
     return call_on_node(node, _build_task, (run, str(out), node.cpus), what="the supernet build task",
-                        name="sparsearch-supernet-build", retries=RETRIES, total=units, unit="unit",
+                        name="sparsearch-supernet-build", retries=RETRIES, total=layers * len(UNIT_KINDS), unit="unit",
                         done=lambda: _units_done(out), progress=progress)
 
 

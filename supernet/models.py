@@ -198,10 +198,11 @@ def load_shell(spec: str, *, dtype: str = "auto", trust_remote_code: bool = Fals
 
     path = Path(spec).expanduser()
     folder = ALIASES[spec]() if spec in ALIASES else path if path.is_dir() else None
-    if folder is None or _is_export(_folder_config(folder)):
+    cfg = _folder_config(folder) if folder is not None else None
+    if cfg is None or _is_export(cfg):
         return None
     if spec not in ALIASES:
-        _check_remote_code(folder, _folder_config(folder), trust_remote_code)
+        _check_remote_code(folder, cfg, trust_remote_code)
     config = load_config(str(folder), trust_remote_code=trust_remote_code)
     stored = getattr(config, "dtype", None) or torch.float32
     torch_dtype = (stored if isinstance(stored, torch.dtype) else getattr(torch, str(stored))) if dtype == "auto" \
